@@ -1,0 +1,1 @@
+"""Subcommands of the ``kdlayout`` command line, one module each."""

@@ -1,0 +1,130 @@
+"""One physical-memory interface over every dump format.
+
+A :class:`PhysicalMemory` answers three questions about the crashed machine's RAM:
+
+* which physical ranges the dump holds (:meth:`PhysicalMemory.ranges`),
+* the bytes at a physical address (:meth:`PhysicalMemory.read`), raising
+  :class:`~kdlayout.errors.NotInDumpError` for anything the dump does not hold,
+* a zero-copy numpy view of a contiguous stored range (:meth:`PhysicalMemory.view`), which the
+  scanner uses to read ``struct page`` arrays in bounded chunks.
+
+Format modules (``elfcore``, ``diskdump``, ``flattened``) parse bytes; this module is the edge that
+opens files and picks the format (:func:`open_dump`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import NotInDumpError
+
+if TYPE_CHECKING:
+    from .notes import Note
+
+PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class MemoryRange:
+    """A run of physical memory the dump holds: ``[start, start + size)``."""
+
+    start: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+    def __contains__(self, paddr: object) -> bool:
+        return isinstance(paddr, int) and self.start <= paddr < self.end
+
+
+@dataclass
+class DumpInfo:
+    """Format-level facts about a dump, filled by the reader that opened it."""
+
+    path: str
+    format: str                      # "elf-kexec", "elf-qemu", "diskdump", "flattened", ...
+    arch: str                        # "x86_64", ...
+    page_size: int = PAGE_SIZE
+    nr_cpus: int | None = None
+    release: str | None = None       # utsname release from a header, if the format has one
+    incomplete: bool = False         # makedumpfile's DUMP_DH_COMPRESSED_INCOMPLETE and the like
+    dump_level: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class PhysicalMemory(abc.ABC):
+    """Physical memory of the crashed machine as held by one dump file."""
+
+    info: DumpInfo
+
+    @abc.abstractmethod
+    def ranges(self) -> Sequence[MemoryRange]:
+        """Physical ranges held by the dump, sorted by start, non-overlapping."""
+
+    @abc.abstractmethod
+    def read(self, paddr: int, size: int) -> bytes:
+        """Return ``size`` bytes at physical address ``paddr``.
+
+        Raises :class:`NotInDumpError` if any byte of the range is not in the dump.
+        """
+
+    def view(self, paddr: int, size: int) -> np.ndarray:
+        """A read-only ``uint8`` array of ``size`` bytes at ``paddr``.
+
+        Zero-copy (a view of the mmap) where the format stores the range uncompressed; otherwise a
+        fresh array. Raises :class:`NotInDumpError` like :meth:`read`.
+        """
+        return np.frombuffer(self.read(paddr, size), dtype=np.uint8)
+
+    @property
+    def vmcoreinfo(self) -> bytes | None:
+        """The raw VMCOREINFO text of the crashed kernel, if the dump carries one."""
+        return None
+
+    @property
+    def notes(self) -> Sequence[Note]:
+        """ELF notes carried by the dump (NT_PRSTATUS per CPU, VMCOREINFO, ...)."""
+        return ()
+
+    def contains(self, paddr: int, size: int = 1) -> bool:
+        """True if every byte of ``[paddr, paddr + size)`` is in the dump."""
+        end = paddr + size
+        for r in self.ranges():
+            if r.start <= paddr < r.end:
+                if end <= r.end:
+                    return True
+                paddr = r.end
+            elif r.start > paddr:
+                return False
+        return False
+
+    def total_bytes(self) -> int:
+        return sum(r.size for r in self.ranges())
+
+    def iter_ranges(self, start: int, end: int) -> Iterator[MemoryRange]:
+        """Stored ranges clipped to ``[start, end)``."""
+        for r in self.ranges():
+            lo, hi = max(r.start, start), min(r.end, end)
+            if lo < hi:
+                yield MemoryRange(lo, hi - lo)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the file and mappings."""
+
+    def __enter__(self) -> PhysicalMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _not_in_dump(self, paddr: int, size: int) -> NotInDumpError:
+        return NotInDumpError(
+            f"physical range {paddr:#x}-{paddr + size:#x} is not in the dump",
+            paddr=paddr, path=self.info.path)

@@ -1,0 +1,1 @@
+"""Layout sources: one module per place a layout fact can come from."""
