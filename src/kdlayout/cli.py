@@ -18,6 +18,7 @@ from .errors import KdlayoutError
 # its parser and sets ``func`` (taking the parsed namespace, returning an exit status).
 _COMMANDS: tuple[tuple[str, str], ...] = (
     ("info", "info"),
+    ("resolve", "resolve"),
 )
 
 EXIT_ERROR = 2
