@@ -370,14 +370,17 @@ class DiskDump(PhysicalMemory):
         self.source = source
         self.path = source.path
         fsize = source.size
-        head = source.read_at(0, MIN_BLOCK_SIZE)
-        self.header = parse_header(head, self.path)
-        h = self.header
-        bs = h.block_size
-        if len(head) < bs:
-            head = source.read_at(0, bs)
-            if h.nr_cpus and len(head) >= HEADER_SIZE + 8 * h.nr_cpus:
-                self.header = h = parse_header(head, self.path)
+        try:
+            head = source.read_at(0, MIN_BLOCK_SIZE)
+            self.header = parse_header(head, self.path)
+            h = self.header
+            bs = h.block_size
+            if len(head) < bs:
+                head = source.read_at(0, bs)
+                if h.nr_cpus and len(head) >= HEADER_SIZE + 8 * h.nr_cpus:
+                    self.header = h = parse_header(head, self.path)
+        except KdlayoutError as exc:
+            raise self._relocate(exc) from None
         self.block_size = bs
         self.page_size = bs
         self._order = h.byteorder
@@ -392,8 +395,11 @@ class DiskDump(PhysicalMemory):
         sub_raw = source.read_at(sub_off, min(SUB_HEADER_SIZE, sub_area))
         if len(sub_raw) < _SUB_SIZE_BY_VERSION[h.header_version]:
             raise self._corrupt("kdump_sub_header truncated", sub_off + len(sub_raw))
-        self.sub_header = parse_sub_header(sub_raw, h.header_version, self._order, path=self.path,
-                                           offset=sub_off)
+        try:
+            self.sub_header = parse_sub_header(sub_raw, h.header_version, self._order,
+                                               path=self.path, offset=sub_off)
+        except KdlayoutError as exc:
+            raise self._relocate(exc) from None
         sh = self.sub_header
 
         # page count and split range
@@ -471,6 +477,11 @@ class DiskDump(PhysicalMemory):
 
     def _corrupt(self, message: str, offset: int | None) -> CorruptError:
         return CorruptError(message, path=self.path, offset=self._where(offset))
+
+    def _relocate(self, exc: KdlayoutError) -> KdlayoutError:
+        """Map an error's image offset to the offset in the file (differs when flattened)."""
+        exc.offset = self._where(exc.offset)
+        return exc.located(self.path)
 
     def _where(self, offset: int | None) -> int | None:
         if offset is None:

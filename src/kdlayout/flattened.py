@@ -1,0 +1,323 @@
+"""Reader for makedumpfile's flattened format (``makedumpfile -F``, QEMU ``dump-guest-memory``).
+
+A flattened file is a stream that can be written to a pipe: a 4096-byte ``makedumpfile_header``
+(signature "makedumpfile", big-endian int64 type and version), then records, each a big-endian
+``makedumpfile_data_header`` {int64 offset, int64 buf_size} followed by ``buf_size`` bytes that
+belong at ``offset`` of the kdump-compressed image, and an end marker with offset = buf_size = -1.
+Later records overwrite earlier ones where they overlap (writers rewrite headers).
+
+:func:`index_flattened` reads the record headers only, in one pass that skips the data, and
+resolves overlaps (last writer wins) into sorted, non-overlapping segments held in numpy arrays.
+:class:`FlatSource` serves the virtual image from them as a :class:`~kdlayout.diskdump.ByteSource`,
+so :func:`open_flattened` is a :class:`~kdlayout.diskdump.DiskDump` over it, and :func:`reassemble`
+writes the image out like ``makedumpfile -R``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+import tempfile
+from array import array
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from .diskdump import DiskDump
+from .errors import CorruptError, UnsupportedError
+
+MAKEDUMPFILE_SIGNATURE: Final = b"makedumpfile"
+FLAT_HEADER_SIZE: Final = 4096
+TYPE_FLAT_HEADER: Final = 1
+END_FLAG_FLAT_HEADER: Final = -1
+_DATA_HEADER: Final = struct.Struct(">qq")
+#: No image offset or record end beyond this is sane (256 TiB).
+MAX_IMAGE_SIZE: Final = 1 << 48
+_COPY_CHUNK: Final = 1 << 20
+
+
+@dataclass(frozen=True)
+class FlatHeader:
+    """``struct makedumpfile_header``."""
+
+    signature: bytes
+    type: int
+    version: int
+
+
+@dataclass(frozen=True)
+class FlatIndex:
+    """Where each byte of the virtual image lives in the flattened file.
+
+    ``rec_*`` are the records in file order; ``seg_*`` are the resolved segments, sorted by image
+    offset and non-overlapping: image bytes ``[seg_start[i], seg_end[i])`` are file bytes from
+    ``seg_pos[i]``. Image bytes in no segment are zero (holes).
+    """
+
+    path: str
+    file_size: int
+    header: FlatHeader
+    rec_offset: np.ndarray
+    rec_size: np.ndarray
+    rec_pos: np.ndarray
+    seg_start: np.ndarray
+    seg_end: np.ndarray
+    seg_pos: np.ndarray
+    image_size: int
+    end_marker_pos: int
+
+    @property
+    def nr_records(self) -> int:
+        return int(self.rec_offset.size)
+
+
+def parse_flat_header(buf: bytes | memoryview, path: str) -> FlatHeader:
+    """Parse and check the 4096-byte flattened header at the start of ``buf``."""
+    if len(buf) < FLAT_HEADER_SIZE:
+        raise CorruptError(f"flattened header truncated: {len(buf)} of {FLAT_HEADER_SIZE} bytes",
+                           path=path, offset=len(buf))
+    sig, ftype, version = struct.unpack_from(">16sqq", buf, 0)
+    if sig[:len(MAKEDUMPFILE_SIGNATURE) + 1] != MAKEDUMPFILE_SIGNATURE + b"\0":
+        raise CorruptError(f"bad flattened signature {sig!r}", path=path, offset=0)
+    if ftype != TYPE_FLAT_HEADER:
+        raise UnsupportedError(f"flattened header type {ftype}, only {TYPE_FLAT_HEADER} is known",
+                               path=path, offset=16)
+    return FlatHeader(sig, ftype, version)
+
+
+def _index_buffer(buf: memoryview, path: str) -> FlatIndex:
+    size = len(buf)
+    header = parse_flat_header(buf, path)
+    offs, sizes, poss = array("q"), array("q"), array("q")
+    pos = FLAT_HEADER_SIZE
+    unpack = _DATA_HEADER.unpack_from
+    hsize = _DATA_HEADER.size
+    while True:
+        if pos + hsize > size:
+            raise CorruptError(f"flattened file ends without an end marker ({size - pos} bytes "
+                               "after the last record)", path=path, offset=pos)
+        off, bsize = unpack(buf, pos)
+        if off == END_FLAG_FLAT_HEADER and bsize == END_FLAG_FLAT_HEADER:
+            break
+        if off < 0 or bsize <= 0:
+            raise CorruptError(f"bad flattened record: offset {off}, size {bsize}", path=path,
+                               offset=pos)
+        if off + bsize > MAX_IMAGE_SIZE:
+            raise CorruptError(f"flattened record at image offset {off:#x}+{bsize:#x} is beyond "
+                               f"any sane image size", path=path, offset=pos)
+        if pos + hsize + bsize > size:
+            raise CorruptError(f"flattened record of {bsize} bytes truncated: "
+                               f"{size - pos - hsize} bytes left in the file", path=path,
+                               offset=pos)
+        offs.append(off)
+        sizes.append(bsize)
+        poss.append(pos + hsize)
+        pos += hsize + bsize
+    rec_offset = np.frombuffer(offs, dtype=np.int64) if offs else np.zeros(0, np.int64)
+    rec_size = np.frombuffer(sizes, dtype=np.int64) if sizes else np.zeros(0, np.int64)
+    rec_pos = np.frombuffer(poss, dtype=np.int64) if poss else np.zeros(0, np.int64)
+    seg_start, seg_end, seg_pos = resolve_segments(rec_offset, rec_size, rec_pos)
+    image_size = int(seg_end.max()) if seg_end.size else 0
+    return FlatIndex(path, size, header, rec_offset, rec_size, rec_pos, seg_start, seg_end,
+                     seg_pos, image_size, pos)
+
+
+def resolve_segments(offset: np.ndarray, size: np.ndarray,
+                     pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Turn records (in write order) into sorted, non-overlapping segments; last writer wins.
+
+    Returns ``(start, end, file_pos)``. Records that overlap nothing pass through in numpy; only
+    clusters of mutually overlapping records are painted, newest first, in Python.
+    """
+    order = np.argsort(offset, kind="stable")
+    s, e, p = offset[order], offset[order] + size[order], pos[order]
+    if s.size < 2:
+        return s, e, p
+    runmax = np.maximum.accumulate(e)
+    overlaps = s[1:] < runmax[:-1]
+    if not overlaps.any():
+        return s, e, p
+    # cluster boundaries: a record starts a new cluster unless it overlaps one before it
+    new = np.concatenate([[True], ~overlaps])
+    cluster_id = np.cumsum(new) - 1
+    sizes = np.bincount(cluster_id)
+    single = sizes[cluster_id] == 1
+    out_s, out_e, out_p = [s[single]], [e[single]], [p[single]]
+    starts_idx = np.flatnonzero(new)
+    for c in np.flatnonzero(sizes > 1).tolist():
+        lo = int(starts_idx[c])
+        members = order[lo:lo + int(sizes[c])]
+        cs, ce, cp = _paint(offset[members], offset[members] + size[members], pos[members],
+                            members)
+        out_s.append(cs)
+        out_e.append(ce)
+        out_p.append(cp)
+    rs, re_, rp = np.concatenate(out_s), np.concatenate(out_e), np.concatenate(out_p)
+    o = np.argsort(rs, kind="stable")
+    return rs[o], re_[o], rp[o]
+
+
+def _paint(s: np.ndarray, e: np.ndarray, p: np.ndarray,
+           write_order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resolve one cluster of overlapping records: each elementary interval takes the file
+    position of the last record (highest ``write_order``) covering it."""
+    points = np.unique(np.concatenate([s, e]))
+    nseg = points.size - 1
+    owner = np.full(nseg, -1, dtype=np.int64)
+    nxt = list(range(nseg + 1))      # union-find: next elementary interval not yet painted
+
+    def find(i: int) -> int:
+        root = i
+        while nxt[root] != root:
+            root = nxt[root]
+        while nxt[i] != root:
+            nxt[i], i = root, nxt[i]
+        return root
+
+    j0s = np.searchsorted(points, s).tolist()
+    j1s = np.searchsorted(points, e).tolist()
+    for r in np.argsort(write_order)[::-1].tolist():
+        j = find(j0s[r])
+        while j < j1s[r]:
+            owner[j] = r
+            nxt[j] = j + 1
+            j = find(j + 1)
+    seg_s = points[:-1]
+    seg_e = points[1:]
+    keep = owner >= 0
+    seg_s, seg_e, own = seg_s[keep], seg_e[keep], owner[keep]
+    seg_p = p[own] + (seg_s - s[own])
+    return seg_s.astype(np.int64), seg_e.astype(np.int64), seg_p.astype(np.int64)
+
+
+def index_flattened(path: str | os.PathLike[str]) -> FlatIndex:
+    """Index a flattened file: one pass over its record headers (data is skipped)."""
+    with FlatSource(path) as src:
+        return src.index
+
+
+class FlatSource:
+    """The virtual kdump-compressed image of a flattened file, as a ``ByteSource``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = os.fspath(path)
+        self._file = open(self._path, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            fsize = os.fstat(self._file.fileno()).st_size
+            self._map: mmap.mmap | None = (
+                mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if fsize else None)
+            buf = memoryview(self._map) if self._map is not None else memoryview(b"")
+            try:
+                self.index = _index_buffer(buf, self._path)
+            finally:
+                buf.release()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> FlatSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def size(self) -> int:
+        return self.index.image_size
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """Image bytes ``[offset, offset + n)`` (holes read as zeros; short at the image end)."""
+        ix = self.index
+        end = min(offset + n, ix.image_size)
+        if offset < 0 or n <= 0 or offset >= end or self._map is None:
+            return b""
+        out = bytearray(end - offset)
+        i = max(int(np.searchsorted(ix.seg_end, offset, side="right")), 0)
+        m = self._map
+        while i < ix.seg_start.size:
+            s, e = int(ix.seg_start[i]), int(ix.seg_end[i])
+            if s >= end:
+                break
+            lo, hi = max(s, offset), min(e, end)
+            if lo < hi:
+                fp = int(ix.seg_pos[i]) + (lo - s)
+                out[lo - offset:hi - offset] = m[fp:fp + (hi - lo)]
+            i += 1
+        return bytes(out)
+
+    def locate(self, offset: int) -> int | None:
+        """File offset of image byte ``offset`` (None for a hole)."""
+        ix = self.index
+        i = int(np.searchsorted(ix.seg_end, offset, side="right"))
+        if i < ix.seg_start.size and ix.seg_start[i] <= offset:
+            return int(ix.seg_pos[i]) + offset - int(ix.seg_start[i])
+        return None
+
+    def close(self) -> None:
+        """Release the file."""
+        if getattr(self, "_map", None) is not None:
+            assert self._map is not None
+            with contextlib.suppress(BufferError):
+                self._map.close()
+            self._map = None
+        self._file.close()
+
+
+def open_flattened(path: str | os.PathLike[str]) -> DiskDump:
+    """Open a flattened file as the kdump-compressed dump it encodes (``info.format`` is
+    ``"flattened"``)."""
+    src = FlatSource(path)
+    try:
+        dump = DiskDump(src, format="flattened")
+    except BaseException:
+        src.close()
+        raise
+    dump.info.extra.update(flattened_records=src.index.nr_records,
+                           flattened_version=src.index.header.version)
+    return dump
+
+
+def reassemble(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> int:
+    """Write the kdump-compressed image of flattened file ``src`` to ``dst`` (like
+    ``makedumpfile -R``); returns the image size.
+
+    Written to a temporary file next to ``dst`` and renamed over it at the end; holes stay sparse.
+    Refuses ``dst`` naming the same file as ``src``.
+    """
+    src_path, dst_path = os.fspath(src), os.fspath(dst)
+    if os.path.realpath(src_path) == os.path.realpath(dst_path) or (
+            os.path.exists(dst_path) and os.path.samefile(src_path, dst_path)):
+        raise ValueError(f"reassemble: destination {dst_path!r} is the source file")
+    with FlatSource(src_path) as fs, open(src_path, "rb") as fin:
+        ix = fs.index
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dst_path) + ".",
+                                   suffix=".tmp", dir=os.path.dirname(os.path.abspath(dst_path)))
+        try:
+            with os.fdopen(fd, "wb") as fout:
+                fout.truncate(ix.image_size)
+                for s, e, p in zip(ix.seg_start.tolist(), ix.seg_end.tolist(),
+                                   ix.seg_pos.tolist(), strict=True):
+                    fin.seek(p)
+                    fout.seek(s)
+                    left = e - s
+                    while left > 0:
+                        chunk = fin.read(min(left, _COPY_CHUNK))
+                        if not chunk:
+                            raise CorruptError("flattened file shrank while reading",
+                                               path=src_path, offset=p)
+                        fout.write(chunk)
+                        left -= len(chunk)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dst_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    return ix.image_size
