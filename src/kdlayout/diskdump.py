@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .notes import Note
 
 KDUMP_SIGNATURE: Final = b"KDUMP   "
+DISKDUMP_SIGNATURE: Final = b"DISKDUMP"
 SUPPORTED_HEADER_VERSIONS: Final = range(1, 7)
 
 #: disk_dump_header up to ``tasks[]`` on a 64-bit target (timeval is two longs, 8-aligned).
@@ -241,6 +242,9 @@ def parse_header(buf: bytes, path: str) -> DiskDumpHeader:
     if len(buf) < HEADER_SIZE:
         raise CorruptError(f"disk_dump_header truncated: {len(buf)} of {HEADER_SIZE} bytes",
                            path=path, offset=len(buf))
+    if buf[:8] == DISKDUMP_SIGNATURE:
+        raise UnsupportedError("the old diskdump format (signature DISKDUMP) is not supported, "
+                               "only makedumpfile's KDUMP", path=path, offset=0)
     if buf[:8] != KDUMP_SIGNATURE:
         raise CorruptError(f"bad signature {bytes(buf[:8])!r}, expected {KDUMP_SIGNATURE!r}",
                            path=path, offset=0)
