@@ -3,6 +3,7 @@ and drgn."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import struct
@@ -351,9 +352,7 @@ def test_real_pages_match_drgn(fx: Any, key: str, path: Path) -> None:
             assert bytes(core.view(paddr, PAGE)) == prog.read(paddr, PAGE, True)
         # holes between stored ranges: we raise, drgn faults
         tails = core.absent_ranges()
-        holes = [MemoryRange(a.end, b.start - a.end) for a, b in zip(ranges, ranges[1:],
-                                                                      strict=False)]
-        checked = 0
+        holes = [MemoryRange(a.end, b.start - a.end) for a, b in itertools.pairwise(ranges)]
         for hole in holes:
             for paddr in {hole.start, hole.end - 8}:
                 if any(paddr in t for t in tails):
@@ -362,7 +361,6 @@ def test_real_pages_match_drgn(fx: Any, key: str, path: Path) -> None:
                     core.read(paddr, 8)
                 with pytest.raises(drgn.FaultError):
                     prog.read(paddr, 8, True)
-                checked += 1
         end = ranges[-1].end
         with pytest.raises(NotInDumpError):
             core.read(end, 8)
