@@ -177,6 +177,16 @@ def _provide_btf_file(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
     return facts, ctx.options.btf
 
 
+def _provide_headers(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
+    if not ctx.options.headers:
+        return None
+    from .sources.base import type_facts
+    from .sources.headers import HeadersTypeSource
+
+    src = HeadersTypeSource(ctx.options.headers)
+    return type_facts(src), src.describe()
+
+
 # Order matters: kallsyms feeds the in-dump BTF lookup.
 PROVIDERS: tuple[tuple[str, Provider], ...] = (
     ("vmcoreinfo", _provide_vmcoreinfo),
@@ -184,6 +194,7 @@ PROVIDERS: tuple[tuple[str, Provider], ...] = (
     ("btf", _provide_dump_btf),
     ("dwarf", _provide_dwarf),
     ("btf-file", _provide_btf_file),
+    ("headers", _provide_headers),
 )
 
 
