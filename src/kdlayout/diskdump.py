@@ -603,6 +603,21 @@ class DiskDump(PhysicalMemory):
         out[ok] = self._rank.test(pfns[ok])
         return out
 
+    def dumped_pfns(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """The pfns in ``[start, end)`` that have a descriptor (2nd bitmap), ascending int64.
+
+        Descriptor number ``desc_index(start) + i`` belongs to element ``i``.
+        """
+        end = self.max_mapnr if end is None else min(end, self.max_mapnr)
+        start = max(start, 0)
+        if start >= end:
+            return np.zeros(0, dtype=np.int64)
+        lo = start // 8
+        bits = np.unpackbits(self._bitmap2[lo:(end + 7) // 8], bitorder="little")
+        pfns = np.flatnonzero(bits).astype(np.int64) + lo * 8
+        out: np.ndarray = pfns[(pfns >= start) & (pfns < end)]
+        return out
+
     def desc_index(self, pfns: np.ndarray) -> np.ndarray:
         """Descriptor number of each pfn (its rank in the 2nd bitmap); -1 for pfns not dumped."""
         pfns = np.asarray(pfns, dtype=np.int64)
