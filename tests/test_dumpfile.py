@@ -12,7 +12,7 @@ from kdlayout import dumpfile
 from kdlayout.dumpfile import detect_format, open_dump
 from kdlayout.elfcore import ElfCore
 from kdlayout.errors import CorruptError, KdlayoutError, UnsupportedError
-from realdumps import fixture_params
+from realdumps import fixture_params, qemu_firmware_dumps
 from synth import default_core
 
 
@@ -105,3 +105,14 @@ def test_real_detection(fx: Any, key: str, path: Path) -> None:
     with path.open("rb") as f:
         head = f.read(16)
     assert detect_format(head, path=str(path)) == EXPECTED_KIND[key]
+
+
+def test_qemu_outputs_detected(tmp_path_factory: pytest.TempPathFactory) -> None:
+    dumps = qemu_firmware_dumps(tmp_path_factory.getbasetemp() / "qemu")
+    with dumps["elf"].open("rb") as f:
+        assert detect_format(f.read(16), path="q") == "elf"
+    # QEMU writes kdump-* formats in makedumpfile's flattened layout
+    with dumps["kdump_zlib"].open("rb") as f:
+        assert detect_format(f.read(16), path="q") == "flattened"
+    with open_dump(dumps["elf"]) as mem:
+        assert isinstance(mem, ElfCore) and mem.info.format == "elf-qemu"

@@ -20,7 +20,13 @@ from kdlayout.elfcore import ElfCore
 from kdlayout.errors import CorruptError, KdlayoutError, NotInDumpError, UnsupportedError
 from kdlayout.physmem import MemoryRange
 from kdlayout.vmcoreinfo import VmcoreInfo
-from realdumps import fixture_params, readelf_loads, readelf_note_count
+from realdumps import (
+    SEABIOS,
+    fixture_params,
+    qemu_firmware_dumps,
+    readelf_loads,
+    readelf_note_count,
+)
 from synth import EHDR, PHDR, Seg, build_core, default_core, note_bytes, page_pattern
 
 PAGE = 4096
@@ -393,3 +399,26 @@ def test_proc_kcore_smoke() -> None:
             vi = VmcoreInfo.parse(raw)
             assert vi.osrelease == os.uname().release
             assert vi.page_size == os.sysconf("SC_PAGE_SIZE")
+
+
+# -- a dump QEMU makes here ------------------------------------------------------------------------
+
+def test_qemu_firmware_dump(tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = qemu_firmware_dumps(tmp_path_factory.getbasetemp() / "qemu")["elf"]
+    with ElfCore.open(path) as core:
+        assert core.info.format == "elf-qemu"
+        assert core.info.arch in ("i386", "x86_64")
+        ours = [(s.p_offset, s.p_vaddr, s.p_paddr, s.p_filesz, s.p_memsz) for s in core.segments]
+        assert ours == readelf_loads(path)
+        assert core.info.nr_cpus == readelf_note_count(path, "NT_PRSTATUS") == 2
+        assert sum(1 for n in core.notes if n.name == "QEMU") == 2
+        ranges = core.ranges()
+        assert ranges[0] == MemoryRange(0, 64 << 20)
+        # SeaBIOS is mapped read-only just below 4 GiB; its bytes are the firmware file's
+        if SEABIOS.exists():
+            rom = SEABIOS.read_bytes()
+            assert core.read((1 << 32) - len(rom), len(rom)) == rom
+        with pytest.raises(NotInDumpError):
+            core.read(64 << 20, 8)
+        v = core.view(0, 64 << 20)
+        assert not v.flags.owndata and v.size == 64 << 20

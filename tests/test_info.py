@@ -16,7 +16,7 @@ import pytest
 from kdlayout.cli import main
 from kdlayout.commands.info import collect, print_text
 from kdlayout.dumpfile import open_dump
-from realdumps import fixture_params, readelf_loads, readelf_note_count
+from realdumps import fixture_params, qemu_firmware_dumps, readelf_loads, readelf_note_count
 from synth import default_core
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -146,3 +146,15 @@ def test_real_info(fx: Any, key: str, path: Path) -> None:
     assert d["memory"]["total_bytes"] == total
     text = _run("info", str(path))
     assert text.returncode == 0 and fx.release in text.stdout
+
+
+def test_info_on_qemu_dump(tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = qemu_firmware_dumps(tmp_path_factory.getbasetemp() / "qemu")["elf"]
+    res = _run("info", "--json", str(path))
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["format"] == "elf-qemu"
+    assert d["nr_cpus"] == readelf_note_count(path, "NT_PRSTATUS") == 2
+    assert d["vmcoreinfo"] is None and d["release"] is None
+    assert d["memory"]["ranges"][0] == {"start": 0, "end": 64 << 20, "size": 64 << 20}
+    assert d["notes"]["types"] == {"NT_PRSTATUS": 2, "QEMU_CPUSTATE": 2}

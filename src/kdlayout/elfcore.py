@@ -45,7 +45,11 @@ ELFCLASS64 = 2
 ELFDATA2LSB = 1
 ELFDATA2MSB = 2
 ET_CORE = 4
+EM_386 = 3
 EM_X86_64 = 62
+#: Machines accepted in an ELF64 core. QEMU writes EM_386 when the guest CPU was not in long mode
+#: at dump time (e.g. still in firmware); the physical memory layout is the same.
+MACHINES = {EM_X86_64: "x86_64", EM_386: "i386"}
 PT_LOAD = 1
 PT_NOTE = 4
 PN_XNUM = 0xFFFF
@@ -177,7 +181,7 @@ def parse_elf_header(data: bytes | memoryview, file_size: int, *, path: str) -> 
     if e_type != ET_CORE:
         raise UnsupportedError(f"ELF file is not a core dump (e_type {e_type})", path=path,
                                offset=_OFF_E_TYPE)
-    if e_machine != EM_X86_64:
+    if e_machine not in MACHINES:
         raise UnsupportedError(f"ELF core for machine {e_machine} is not supported (x86_64 only)",
                                path=path, offset=_OFF_E_MACHINE)
     if e_phentsize != PHDR_SIZE:
@@ -338,7 +342,7 @@ class ElfCore(PhysicalMemory):
         self._vmcoreinfo_note = vmci
         nr_cpus = len(prstatus_notes(notes)) or None
         self.info = DumpInfo(
-            path=path, format="elf-qemu" if qemu else "elf-kexec", arch="x86_64",
+            path=path, format="elf-qemu" if qemu else "elf-kexec", arch=MACHINES[hdr.e_machine],
             page_size=PAGE_SIZE, nr_cpus=nr_cpus,
             extra={"e_phnum": phnum, "pn_xnum": hdr.pn_xnum,
                    "load_segments": len(self._load_idx), "note_segments": note_segments,
