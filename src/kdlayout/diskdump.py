@@ -56,6 +56,8 @@ PAGE_DESC_DTYPE_LE: Final = np.dtype([("offset", "<i8"), ("size", "<u4"), ("flag
 PAGE_DESC_SIZE: Final = PAGE_DESC_DTYPE_LE.itemsize              # 24
 
 MIN_BLOCK_SIZE: Final = 1024
+#: More CPUs than any Linux build supports (x86 MAXSMP is 8192) means a lying header.
+MAX_NR_CPUS: Final = 1 << 16
 MAX_BLOCK_SIZE: Final = 1 << 20
 _32BIT_MACHINES: Final = frozenset({"i386", "i486", "i586", "i686", "arm", "armv7l", "armv6l",
                                     "mips", "ppc", "s390", "sparc", "sh4"})
@@ -270,11 +272,11 @@ def parse_header(buf: bytes, path: str) -> DiskDumpHeader:
         raise CorruptError(f"bad block_size {block_size}", path=path, offset=428)
     if sub_hdr_size < 1:
         raise CorruptError(f"bad sub_hdr_size {sub_hdr_size}", path=path, offset=432)
-    if nr_cpus < 0 or HEADER_SIZE + 8 * nr_cpus > block_size:
+    if not 0 <= nr_cpus <= MAX_NR_CPUS:
         raise CorruptError(f"bad nr_cpus {nr_cpus}", path=path, offset=460)
-    tasks: tuple[int, ...] = ()
-    if nr_cpus and len(buf) >= HEADER_SIZE + 8 * nr_cpus:
-        tasks = struct.unpack_from(f"{order}{nr_cpus}Q", buf, HEADER_SIZE)
+    # tasks[] is a flexible array makedumpfile does not fill: read what lies in block 0
+    ntasks = max(0, min(nr_cpus, (min(len(buf), block_size) - HEADER_SIZE) // 8))
+    tasks: tuple[int, ...] = struct.unpack_from(f"{order}{ntasks}Q", buf, HEADER_SIZE)
     return DiskDumpHeader(
         signature=sig, header_version=version, utsname=utsname, timestamp_sec=ts_sec,
         timestamp_usec=ts_usec, status=status, block_size=block_size, sub_hdr_size=sub_hdr_size,
