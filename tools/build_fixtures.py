@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime as dt
 import json
 import lzma
@@ -36,8 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fixture_debian as deb  # noqa: E402
-import peers  # noqa: E402
+import fixture_debian as deb
+import peers
 
 BUILDER_VERSION = 1
 SUITES = ("bullseye", "bookworm", "trixie", "sid")
@@ -373,10 +374,8 @@ class QMP:
 
     def close(self) -> None:
         """Close the socket."""
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 class Serial:
@@ -396,7 +395,7 @@ class Serial:
                 time.sleep(0.1)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.all_lines: list[str] = []
-        self.log = open(logfile, "wb")
+        self.log = open(logfile, "wb")  # noqa: SIM115 - closed by the reader thread
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -510,7 +509,7 @@ def run_makedumpfile(fdir: Path, files: dict[str, str | None], cache: Path, timi
     notes: list[str] = []
     vmcore = fdir / "vmcore"
     host = ["/usr/bin/makedumpfile"]
-    mlog = open(fdir / "makedumpfile.log", "w")
+    mlog = open(fdir / "makedumpfile.log", "w")  # noqa: SIM115 - closed at the end of this function
 
     def run(key: str, cmd: list[str], out: str, flat: bool = False) -> None:
         t = time.monotonic()
@@ -614,7 +613,7 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
         "-qmp", f"unix:{qmp_sock},server=on,wait=off",
     ]
     log(f"{job.name}: boot {crashed.release} (capture {capture.release}), {mem} MiB, workload {wl_mib} MiB")
-    qlog = open(work / "qemu.stderr", "wb")
+    qlog = open(work / "qemu.stderr", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(qemu, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog)
     qmp: QMP | None = None
     serial: Serial | None = None

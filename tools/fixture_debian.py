@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,7 +194,12 @@ class PackageIndex:
 # Kernel choice
 
 
-_IMAGE_RE = re.compile(r"^linux-(?:image|binary|modules)-(?P<abi>[0-9][^ ]*)-(?P<flavour>amd64)(?:-unsigned)?$")
+# ABI forms seen: 5.10.0-46, 6.1.0-0.deb11.52, 6.12.118+deb13, 6.12.115+deb13.1, 7.2.13+deb14.
+# The ABI never contains a further dash-separated word, so -cloud-amd64 / -rt-amd64 do not match.
+_IMAGE_RE = re.compile(
+    r"^linux-(?:image|binary|modules)-(?P<abi>[0-9]+\.[0-9]+(?:\.[0-9]+)?(?:-[0-9][^-\s]*|\+[^-\s]+)?)"
+    r"-(?P<flavour>[a-z0-9]+)(?:-unsigned)?$"
+)
 
 
 @dataclass(frozen=True)

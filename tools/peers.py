@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fixture_debian as deb  # noqa: E402
+import fixture_debian as deb
 
 _LIB_RE = re.compile(r"^(lib|zlib)")
 _lock = threading.Lock()

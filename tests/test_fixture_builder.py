@@ -1,0 +1,317 @@
+"""Tests for the fixture builder (tools/) and, when built, sanity of the real fixture matrix.
+
+Unit tests use small synthetic Packages texts; Debian version order is checked
+against ``dpkg --compare-versions``.  Real-fixture tests compare what
+independent tools (readelf, crash --osrelease) read from the dumps with the
+release the builder derived from the Debian package name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures import FILE_KEYS, NOT_BUILT, Fixture, load_fixtures
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+sys.path.insert(0, str(TOOLS))
+
+import build_fixtures  # noqa: E402
+import fixture_debian as fd  # noqa: E402
+
+# --------------------------------------------------------------------------
+# Debian version order
+
+
+VERSIONS = [
+    "1.0", "1.0-1", "1.0~rc1", "1.0~rc1-1", "1:0.9", "0:1.0", "1.0a", "1.0+b1", "1.0.1", "1.00",
+    "6.1.192-2", "6.1.176-1", "6.12.117-1~deb12u1", "6.12.117-1", "6.12.118-1", "7.2.13-1",
+    "5.10.262-1", "5.10.223-1", "2:1.2~~", "2:1.2~", "2:1.2", "1.2-0.1", "1.2-a", "1.2-~", "10", "9",
+]
+
+
+def _dpkg(a: str, op: str, b: str) -> bool:
+    return subprocess.run(["dpkg", "--compare-versions", a, op, b]).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="dpkg is not installed (needed as the reference)")
+def test_version_order_matches_dpkg() -> None:
+    # Sort with our comparison; dpkg must agree on every adjacent pair (a total order, so
+    # adjacent agreement implies agreement everywhere).
+    import functools
+    import itertools
+
+    order = sorted(VERSIONS, key=functools.cmp_to_key(fd.version_compare))
+    for a, b in itertools.pairwise(order):
+        if fd.version_compare(a, b) == 0:
+            assert _dpkg(a, "eq", b), (a, b)
+        else:
+            assert _dpkg(a, "lt", b), (a, b)
+    assert fd.version_compare("6.1.192-2", "6.1.176-1") == 1
+    assert fd.version_compare("1.0~rc1", "1.0") == -1
+
+
+# --------------------------------------------------------------------------
+# Packages index parsing and kernel choice
+
+
+def _stanza(name: str, version: str, source: str | None = None, depends: str = "", size: int = 100) -> str:
+    lines = [f"Package: {name}"]
+    if source:
+        lines.append(f"Source: {source}")
+    lines += [f"Version: {version}", "Architecture: amd64"]
+    if depends:
+        lines.append(f"Depends: {depends}")
+    lines += [
+        "Description: test package",
+        " with a continuation line",
+        f"Filename: pool/main/l/x/{name}_{version}_amd64.deb",
+        f"Size: {size}",
+        f"SHA256: {'ab' * 32}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+OLD_STYLE = "\n".join([
+    _stanza("linux-image-6.1.0-50-amd64-unsigned", "6.1.176-1", "linux"),
+    _stanza("linux-image-6.1.0-50-amd64-dbg", "6.1.176-1", "linux"),
+    _stanza("linux-image-6.1.0-56-amd64-unsigned", "6.1.192-2", "linux"),
+    _stanza("linux-image-6.1.0-56-amd64-dbg", "6.1.192-2", "linux"),
+    # newer ABI but no -dbg package: must not be chosen
+    _stanza("linux-image-6.1.0-57-amd64-unsigned", "6.1.199-1", "linux"),
+    # backport from another source package (bookworm-security's linux-6.12): ignored
+    _stanza("linux-image-6.12.117+deb12-amd64-unsigned", "6.12.117-1~deb12u1", "linux-6.12"),
+    _stanza("linux-image-6.12.117+deb12-amd64-dbg", "6.12.117-1~deb12u1", "linux-6.12"),
+    # other flavours: ignored
+    _stanza("linux-image-6.1.0-58-cloud-amd64-unsigned", "6.1.200-1", "linux"),
+    _stanza("linux-image-6.1.0-58-cloud-amd64-dbg", "6.1.200-1", "linux"),
+])
+
+NEW_STYLE = "\n".join([
+    _stanza("linux-image-7.2.13+deb14-amd64", "7.2.13-1", "linux-signed-amd64 (7.2.13+1)",
+            "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, "
+            "linux-base-7.2.13+deb14-amd64 (= 7.2.13-1), linux-binary-7.2.13+deb14-amd64 (= 7.2.13-1), "
+            "linux-modules-7.2.13+deb14-amd64 (= 7.2.13-1)"),
+    _stanza("linux-binary-7.2.13+deb14-amd64", "7.2.13-1", "linux-signed-amd64 (7.2.13+1)",
+            "linux-base-7.2.13+deb14-amd64 (= 7.2.13-1)"),
+    _stanza("linux-modules-7.2.13+deb14-amd64", "7.2.13-1", "linux", "kmod, linux-base-7.2.13+deb14-amd64 (= 7.2.13-1)"),
+    _stanza("linux-base-7.2.13+deb14-amd64", "7.2.13-1", "linux"),
+    _stanza("linux-image-7.2.13+deb14-amd64-dbg", "7.2.13-1", "linux", "linux-base-7.2.13+deb14-amd64 (= 7.2.13-1)"),
+    _stanza("dracut", "1.0-1"),
+    _stanza("kmod", "34-1"),
+])
+
+
+def test_parse_packages_fields() -> None:
+    recs = {r.name: r for r in fd.parse_packages(NEW_STYLE, "http://m", "sid")}
+    assert len(recs) == 7
+    img = recs["linux-image-7.2.13+deb14-amd64"]
+    assert img.source == "linux-signed-amd64"
+    assert img.version == "7.2.13-1"
+    assert img.size == 100
+    assert img.sha256 == "ab" * 32
+    assert img.filename == "pool/main/l/x/linux-image-7.2.13+deb14-amd64_7.2.13-1_amd64.deb"
+    # first alternative of each entry, version constraints dropped
+    assert img.depends == ("dracut", "linux-base-7.2.13+deb14-amd64", "linux-binary-7.2.13+deb14-amd64",
+                           "linux-modules-7.2.13+deb14-amd64")
+    assert recs["kmod"].source == "kmod"  # no Source field: the package itself
+    assert (img.mirror, img.suite) == ("http://m", "sid")
+
+
+def test_parse_packages_skips_malformed() -> None:
+    text = "Package: a\nVersion: 1\n\nPackage: b\nVersion: 1\nFilename: x\nSize: notanumber\nSHA256: 00\n\n" + _stanza("c", "2")
+    assert [r.name for r in fd.parse_packages(text)] == ["c"]
+
+
+def test_choose_kernel_old_style() -> None:
+    idx = fd.PackageIndex()
+    idx.add(fd.parse_packages(OLD_STYLE, suite="bookworm"))
+    k = fd.choose_kernel(idx, "bookworm")
+    assert k.release == "6.1.0-56-amd64"
+    assert k.version == "6.1.192-2"
+    assert k.root_package == "linux-image-6.1.0-56-amd64-unsigned"
+    assert [p.name for p in k.packages] == ["linux-image-6.1.0-56-amd64-unsigned"]
+    assert k.dbg is not None and k.dbg.name == "linux-image-6.1.0-56-amd64-dbg"
+
+
+def test_choose_kernel_new_style_follows_depends() -> None:
+    idx = fd.PackageIndex()
+    idx.add(fd.parse_packages(NEW_STYLE, suite="sid"))
+    k = fd.choose_kernel(idx, "sid")
+    assert k.release == "7.2.13+deb14-amd64"
+    assert k.root_package == "linux-image-7.2.13+deb14-amd64"
+    assert sorted(p.name for p in k.packages) == [
+        "linux-base-7.2.13+deb14-amd64", "linux-binary-7.2.13+deb14-amd64",
+        "linux-image-7.2.13+deb14-amd64", "linux-modules-7.2.13+deb14-amd64"]
+
+
+def test_index_union_keeps_newest() -> None:
+    idx = fd.PackageIndex()
+    idx.add(fd.parse_packages(_stanza("p", "1.0-1"), suite="trixie"))
+    idx.add(fd.parse_packages(_stanza("p", "1.0-2"), suite="trixie-security"))
+    idx.add(fd.parse_packages(_stanza("p", "1.0-1~deb13u1"), suite="trixie-updates"))
+    rec = idx.get("p")
+    assert rec is not None and (rec.version, rec.suite) == ("1.0-2", "trixie-security")
+
+
+def test_choose_kernel_without_dbg_fails() -> None:
+    idx = fd.PackageIndex()
+    idx.add(fd.parse_packages(_stanza("linux-image-6.1.0-57-amd64-unsigned", "6.1.199-1", "linux")))
+    with pytest.raises(fd.ArchiveError, match="matching -dbg"):
+        fd.choose_kernel(idx, "bookworm")
+
+
+def test_inrelease_sha256_lookup() -> None:
+    signed = (b"Origin: Debian\nMD5Sum:\n 0123 10 main/binary-amd64/Packages.xz\nSHA256:\n"
+              b" " + b"cd" * 32 + b"  4242 main/binary-amd64/Packages.xz\n"
+              b" " + b"ef" * 32 + b" 17 main/binary-amd64/Packages\n")
+    assert fd._inrelease_sha256(signed, "main/binary-amd64/Packages.xz") == "cd" * 32
+    assert fd._inrelease_sha256(signed, "main/binary-i386/Packages.xz") is None
+
+
+def test_fixture_name_and_workload_parsing() -> None:
+    assert build_fixtures.fixture_name("bookworm", "bookworm", 1024) == "bookworm"
+    assert build_fixtures.fixture_name("trixie", "bookworm", 1024) == "trixie-cap-bookworm"
+    assert build_fixtures.fixture_name("sid", "sid", 16384) == "sid-16384m"
+    lines = [
+        'garbage KDL-INFO {"kind":"anon","pid":5,"pfns":[1,2]}',
+        "[   12.3] kernel line",
+        'KDL-INFO {"kind":"hwpoison","pfns":[7]}',
+        'KDL-INFO {"kind":"hwpoison","pfns":[8]}',
+        'KDL-INFO {"kind":"broken", "pfns":[',
+    ]
+    w = build_fixtures.parse_workload(lines)
+    assert w["anon"] == {"pid": 5, "pfns": [1, 2]}
+    assert w["hwpoison"] == [{"pfns": [7]}, {"pfns": [8]}]
+    assert "broken" not in w
+
+
+def test_load_fixtures_reads_manifests(tmp_path: Path) -> None:
+    d = tmp_path / "fixtures" / "x"
+    d.mkdir(parents=True)
+    (d / "vmcore").write_bytes(b"\x7fELF")
+    # incomplete fixture (no manifest) must be invisible
+    (tmp_path / "fixtures" / "half").mkdir()
+    (d / "manifest.json").write_text(json.dumps({
+        "name": "x", "suite": "bookworm", "release": "6.1.0-56-amd64", "capture_release": "6.1.0-56-amd64",
+        "files": {"vmcore": "vmcore", "qemu_elf": None, "md_zlib": "missing.kdump"}, "vmlinuz": "vmlinuz",
+    }))
+    fx = load_fixtures(tmp_path)
+    assert [f.name for f in fx] == ["x"]
+    assert fx[0].path("vmcore") == d / "vmcore"
+    assert fx[0].path("qemu_elf") is None
+    assert fx[0].path("md_zlib") is None  # listed but not on disk
+    assert fx[0].path("vmlinuz") is None
+
+
+# --------------------------------------------------------------------------
+# Real fixtures
+
+
+def _readelf_vmcoreinfo(path: Path) -> dict[str, str]:
+    """VMCOREINFO key=value pairs as decoded from readelf -n's hex dump of the note."""
+    out = subprocess.run(["readelf", "-W", "-n", str(path)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LC_ALL": "C"}, timeout=300).stdout
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        if line.split()[:1] == ["VMCOREINFO"]:
+            for follow in lines[i + 1:i + 3]:
+                if "description data:" in follow:
+                    hexdata = follow.split("description data:", 1)[1].split()
+                    text = bytes(int(h, 16) for h in hexdata).decode("ascii", "replace")
+                    return dict(kv.split("=", 1) for kv in text.splitlines() if "=" in kv)
+    return {}
+
+
+needs_readelf = pytest.mark.skipif(shutil.which("readelf") is None, reason="readelf (binutils) not installed")
+
+
+@needs_readelf
+def test_vmcore_is_elf_with_matching_vmcoreinfo(fixture: Fixture) -> None:
+    vmcore = fixture.path("vmcore")
+    assert vmcore is not None, "every fixture must have the kdump vmcore"
+    with open(vmcore, "rb") as f:
+        assert f.read(4) == b"\x7fELF"
+    info = _readelf_vmcoreinfo(vmcore)
+    assert info.get("OSRELEASE") == fixture.release
+    assert info.get("PAGESIZE") == "4096"
+
+
+@needs_readelf
+def test_vmcore_size_is_end_of_last_segment(fixture: Fixture) -> None:
+    vmcore = fixture.path("vmcore")
+    assert vmcore is not None
+    out = subprocess.run(["readelf", "-W", "-l", str(vmcore)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LC_ALL": "C"}).stdout
+    ends = [int(p[1], 16) + int(p[4], 16) for p in (ln.split() for ln in out.splitlines()) if p[:1] == ["LOAD"]]
+    assert ends, "no PT_LOAD in vmcore"
+    assert vmcore.stat().st_size == max(ends)
+    # sparse: the free memory the capture kernel copied as zeros did not take disk space
+    assert vmcore.stat().st_blocks * 512 < vmcore.stat().st_size
+
+
+@needs_readelf
+def test_qemu_elf_has_vmcoreinfo(fixture: Fixture) -> None:
+    p = fixture.path("qemu_elf")
+    if p is None:
+        pytest.skip(f"{fixture.name}: QEMU ELF dump not built")
+    info = _readelf_vmcoreinfo(p)
+    assert info.get("OSRELEASE") == fixture.release
+
+
+@pytest.mark.skipif(shutil.which("crash") is None, reason="crash is not installed")
+@pytest.mark.parametrize("key", ["vmcore", "md_zlib", "md_lzo", "md_zstd"])
+def test_crash_reads_osrelease(fixture: Fixture, key: str) -> None:
+    p = fixture.path(key)
+    if p is None:
+        pytest.skip(f"{fixture.name}: {key} not built")
+    out = subprocess.run(["crash", "--osrelease", str(p)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == fixture.release, out.stderr[-500:]
+
+
+def test_derived_file_signatures(fixture: Fixture) -> None:
+    kd = [k for k in ("md_zlib", "md_lzo", "md_snappy", "md_zstd") if fixture.path(k) is not None]
+    for key in kd:
+        p = fixture.path(key)
+        assert p is not None
+        head = p.read_bytes()[:4096]
+        assert head[:8] == b"KDUMP   ", key
+        # struct new_utsname follows signature[8] and header_version (int)
+        release = head[12 + 65 * 2:12 + 65 * 3].split(b"\0", 1)[0].decode()
+        assert release == fixture.release, key
+    for key in ("md_flat", "qemu_kdump"):
+        p = fixture.path(key)
+        if p is not None:
+            assert p.read_bytes()[:16].rstrip(b"\0") == b"makedumpfile", key
+
+
+def test_manifest_consistent(fixture: Fixture) -> None:
+    m = fixture.manifest
+    for k in ("name", "suite", "release", "capture_release", "package", "version", "guest_mem_mib",
+              "builder_version", "workload", "files"):
+        assert k in m, k
+    assert set(FILE_KEYS) <= set(m["files"])
+    for key, rel in m["files"].items():
+        if rel:
+            assert (fixture.dir / rel).exists(), key
+    assert fixture.path("config") is not None
+    config = fixture.path("config")
+    assert config is not None and "CONFIG_DEBUG_INFO_BTF=y" in config.read_text()
+    if fixture.name.count("-cap-"):
+        assert fixture.capture_release != fixture.release
+    console = fixture.path("console_log")
+    assert console is not None
+    text = console.read_text(errors="replace")
+    assert "KDL-READY" in text and "KDL-VMCORE-DONE" in text
+    assert re.search(r"KDL-STAGE init kernel=" + re.escape(fixture.capture_release), text)
+
+
+def test_not_built_reason_is_stable() -> None:
+    assert NOT_BUILT == "fixture matrix not built: run python tools/build_fixtures.py"
