@@ -383,7 +383,7 @@ class DiskDump(PhysicalMemory):
             bs = h.block_size
             if len(head) < bs:
                 head = source.read_at(0, bs)
-                if h.nr_cpus and len(head) >= HEADER_SIZE + 8 * h.nr_cpus:
+                if len(h.tasks) < h.nr_cpus:
                     self.header = h = parse_header(head, self.path)
         except KdlayoutError as exc:
             raise self._relocate(exc) from None
