@@ -12,7 +12,7 @@ from kdlayout import dumpfile
 from kdlayout.dumpfile import detect_format, open_dump
 from kdlayout.elfcore import ElfCore
 from kdlayout.errors import CorruptError, KdlayoutError, UnsupportedError
-from realdumps import fixture_params, qemu_firmware_dumps
+from realdumps import SEABIOS, fixture_params, qemu_firmware_dumps
 from synth import default_core
 
 
@@ -116,3 +116,15 @@ def test_qemu_outputs_detected(tmp_path_factory: pytest.TempPathFactory) -> None
         assert detect_format(f.read(16), path="q") == "flattened"
     with open_dump(dumps["elf"]) as mem:
         assert isinstance(mem, ElfCore) and mem.info.format == "elf-qemu"
+
+
+def test_qemu_elf_and_kdump_agree_on_firmware(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The same guest dumped twice by QEMU: the ELF (our reader) and the kdump-zlib file (the
+    # flattened reader, via open_dump) must both hold SeaBIOS just below 4 GiB.
+    if not SEABIOS.exists():
+        pytest.skip(f"{SEABIOS} is not installed (package seabios)")
+    dumps = qemu_firmware_dumps(tmp_path_factory.getbasetemp() / "qemu")
+    rom = SEABIOS.read_bytes()
+    for key in ("elf", "kdump_zlib"):
+        with open_dump(dumps[key]) as mem:
+            assert mem.read((1 << 32) - len(rom), len(rom)) == rom, key

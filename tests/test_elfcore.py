@@ -422,3 +422,21 @@ def test_qemu_firmware_dump(tmp_path_factory: pytest.TempPathFactory) -> None:
             core.read(64 << 20, 8)
         v = core.view(0, 64 << 20)
         assert not v.flags.owndata and v.size == 64 << 20
+
+
+def test_pread_fallback_when_mmap_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdlayout.elfcore as elfcore_mod
+
+    def no_mmap(*_args: object, **_kwargs: object) -> None:
+        raise OSError("mmap not supported")
+
+    p = tmp_path / "core"
+    p.write_bytes(default_core().data)
+    monkeypatch.setattr(elfcore_mod.mmap, "mmap", no_mmap)
+    with ElfCore.open(p) as core:
+        assert [n.type_name for n in core.notes] == ["NT_PRSTATUS", "NT_PRSTATUS", "VMCOREINFO"]
+        assert core.read(0x3FF8, 16) == struct.pack("<QQ", 3, 4)
+        v = core.view(0x10000, PAGE)
+        assert np.all(v.view("<u8") == 16)
+        with pytest.raises(NotInDumpError):
+            core.read(0x12000, 1)
