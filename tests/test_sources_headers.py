@@ -1,0 +1,340 @@
+"""Headers source: a linux-headers tree compiled with libclang.
+
+Synthetic trees (written here) pin down extraction, anonymous members, arrays, bitfields, enums,
+tree discovery and error reporting. Real Debian trees (tools/fetch_headers.py) are compared fact by
+fact with the same kernel's BTF (pahole's output from the real build's DWARF) and, when the
+fixture builder fetched the -dbg vmlinux, with its DWARF through drgn.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures import cache_dir, load_fixtures
+from kdlayout.errors import CorruptError, KdlayoutError, UnsupportedError
+from kdlayout.layout import Fact
+from kdlayout.sources import headers
+from kdlayout.sources.base import type_facts
+
+clang = pytest.importorskip("clang.cindex", reason="libclang Python bindings not installed")
+
+# ---- synthetic trees -------------------------------------------------------------------------
+
+TYPES_H = """
+#ifndef _LINUX_TYPES_H
+#define _LINUX_TYPES_H
+struct list_head { struct list_head *next, *prev; };
+typedef struct { int counter; } atomic_t;
+typedef struct { long counter; } atomic_long_t;
+#endif
+"""
+
+MM_TYPES_H = """
+#include <linux/types.h>
+struct page {
+	unsigned long flags;
+	union {
+		struct {
+			struct list_head lru;
+			void *mapping;
+			unsigned long index;
+		};
+		struct {
+			unsigned long compound_head;
+			unsigned char compound_order;
+		};
+	};
+	union {
+		atomic_t _mapcount;
+		unsigned int page_type;
+	};
+	atomic_t _refcount;
+#ifdef CONFIG_KDL_EXTRA
+	unsigned long extra;
+#endif
+};
+struct free_area {
+	struct list_head free_list[5];
+	unsigned long nr_free;
+};
+struct zone {
+	unsigned long zone_start_pfn;
+	unsigned int odd : 3, spanned_pages : 13;
+	struct free_area free_area[11];
+};
+enum pageflags { PG_locked, PG_referenced, PG_uptodate, PG_slab = 9, __NR_PAGEFLAGS,
+                 PG_checked = PG_referenced };
+"""
+
+
+def make_tree(root: Path, mm_types: str = MM_TYPES_H, *, extra: bool = False,
+              config: str = "CONFIG_X86_64=y\n", split: str | None = None) -> Path:
+    """A minimal headers tree; ``split`` = "makefile" or "symlink" makes it Debian/O= style."""
+    obj = root / "linux-headers-9.9.9-amd64"
+    src = obj if split is None else root / "linux-headers-9.9.9-common"
+    (src / "include/linux").mkdir(parents=True, exist_ok=True)
+    (obj / "include/generated").mkdir(parents=True, exist_ok=True)
+    (src / "include/linux/types.h").write_text(TYPES_H)
+    (src / "include/linux/kconfig.h").write_text("#include <generated/autoconf.h>\n")
+    (src / "include/linux/mm_types.h").write_text(mm_types)
+    (src / "Makefile").write_text("KBUILD_CFLAGS += -std=gnu11\n")
+    (obj / ".config").write_text(config + ("CONFIG_KDL_EXTRA=y\n" if extra else ""))
+    (obj / "include/generated/autoconf.h").write_text(
+        "#define CONFIG_X86_64 1\n" + ("#define CONFIG_KDL_EXTRA 1\n" if extra else ""))
+    (obj / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "9.9.9-amd64"\n')
+    if split == "makefile":
+        # As Debian ships it: an absolute /usr/src path that does not exist here.
+        (obj / "Makefile").write_text(f"include /usr/src/{src.name}/Makefile\n")
+    elif split == "symlink":
+        (obj / "source").symlink_to(src)
+    return obj
+
+
+def facts_of(src: headers.HeadersTypeSource) -> dict[str, Any]:
+    return {f.key: f.value for f in type_facts(src)}
+
+
+def test_synthetic_offsets_sizes_arrays_enums(tmp_path: Path) -> None:
+    src = headers.HeadersTypeSource(make_tree(tmp_path), use_disk_cache=False)
+    f = facts_of(src)
+    # x86_64 LP64: list_head 16, page = 8 + union(16+8+8=32) + 4 + 4 = 48.
+    assert f["SIZE(page)"] == 48
+    assert f["OFFSET(page.flags)"] == 0
+    assert f["OFFSET(page.lru)"] == 8
+    assert f["OFFSET(page.mapping)"] == 24
+    assert f["OFFSET(page.index)"] == 32
+    assert f["OFFSET(page.compound_head)"] == 8     # second struct of the same union
+    assert f["OFFSET(page.compound_order)"] == 16
+    assert f["OFFSET(page._mapcount)"] == 40
+    assert f["OFFSET(page.page_type)"] == 40
+    assert f["OFFSET(page._refcount)"] == 44
+    assert f["SIZE(free_area)"] == 5 * 16 + 8
+    assert f["LENGTH(free_area.free_list)"] == 5
+    assert f["LENGTH(zone.free_area)"] == 11
+    assert f["OFFSET(zone.free_area)"] == 16
+    assert f["BITOFFSET(zone.spanned_pages)"] == 64 + 3
+    assert "OFFSET(zone.spanned_pages)" not in f
+    assert f["SIZE(atomic_long_t)"] == 8 and f["OFFSET(atomic_long_t.counter)"] == 0
+    assert f["NUMBER(PG_slab)"] == 9 and f["NUMBER(__NR_PAGEFLAGS)"] == 10
+    assert f["NUMBER(PG_checked)"] == 1
+    # Members this "kernel" lacks are absent, not zero.
+    assert "OFFSET(page.buddy_list)" not in f and "SIZE(folio)" not in f
+    assert src.release == "9.9.9-amd64"
+    assert all(fact.source == "headers" for fact in type_facts(src))
+
+
+def test_config_decides_layout(tmp_path: Path) -> None:
+    plain = facts_of(headers.HeadersTypeSource(make_tree(tmp_path / "a"), use_disk_cache=False))
+    extra = facts_of(headers.HeadersTypeSource(make_tree(tmp_path / "b", extra=True),
+                                               use_disk_cache=False))
+    assert plain["SIZE(page)"] == 48 and extra["SIZE(page)"] == 56
+
+
+@pytest.mark.parametrize("split", ["makefile", "symlink"])
+def test_split_trees_are_found(tmp_path: Path, split: str) -> None:
+    obj = make_tree(tmp_path, split=split)
+    tree = headers.find_tree(obj)
+    assert tree.src.name == "linux-headers-9.9.9-common" and tree.obj == obj
+    assert facts_of(headers.HeadersTypeSource(obj, use_disk_cache=False))["SIZE(page)"] == 48
+
+
+def test_compile_error_names_header_and_line(tmp_path: Path) -> None:
+    bad = MM_TYPES_H.replace("\tatomic_t _refcount;", "\tatomic_t _refcount\n\tint oops;")
+    obj = make_tree(tmp_path, bad)
+    with pytest.raises(CorruptError) as err:
+        headers.HeadersTypeSource(obj, use_disk_cache=False)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "mm_types.h" in msg and "line 2" in msg  # the line of "int oops;"
+
+
+def test_missing_header_is_one_line_error(tmp_path: Path) -> None:
+    obj = make_tree(tmp_path, '#include <linux/nonexistent.h>\n' + MM_TYPES_H)
+    with pytest.raises(CorruptError, match=r"mm_types\.h: line 1: .*nonexistent\.h"):
+        headers.HeadersTypeSource(obj, use_disk_cache=False)
+
+
+def test_not_a_tree(tmp_path: Path) -> None:
+    with pytest.raises(KdlayoutError, match="no such headers directory"):
+        headers.HeadersTypeSource(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorruptError, match=r"autoconf\.h"):
+        headers.HeadersTypeSource(tmp_path / "empty")
+    obj = make_tree(tmp_path / "split", split="makefile")
+    (obj / "Makefile").write_text("include /nowhere/linux-headers-x-common/Makefile\n")
+    with pytest.raises(CorruptError, match="source half"):
+        headers.HeadersTypeSource(obj)
+
+
+def test_non_x86_64_is_unsupported(tmp_path: Path) -> None:
+    obj = make_tree(tmp_path, config="CONFIG_ARM64=y\n")
+    with pytest.raises(UnsupportedError, match=r"\.config.*x86_64"):
+        headers.HeadersTypeSource(obj, use_disk_cache=False)
+
+
+def test_model_cache_is_keyed_by_tree_and_mtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    monkeypatch.setenv("KDLAYOUT_CACHE", str(tmp_path / "cache"))
+    obj = make_tree(tmp_path)
+    calls: list[object] = []
+    real = headers.extract
+
+    def counting(*args: Any) -> headers.HeadersModel:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(headers, "extract", counting)
+    first = headers.HeadersTypeSource(obj)
+    second = headers.HeadersTypeSource(obj)
+    assert len(calls) == 1 and first.model is second.model
+    # The disk cache answers a fresh process (simulated by clearing the memory cache).
+    headers._model_cache.clear()
+    third = headers.HeadersTypeSource(obj)
+    assert len(calls) == 1 and facts_of(third) == facts_of(first)
+    # Changing the configuration changes the key.
+    later = time.time() + 5
+    os.utime(obj / ".config", (later, later))
+    headers.HeadersTypeSource(obj)
+    assert len(calls) == 2
+
+
+def test_resolver_uses_headers(tmp_path: Path) -> None:
+    from kdlayout.resolver import ResolveOptions, resolve
+
+    obj = make_tree(tmp_path)
+    result = resolve(None, ResolveOptions(headers=str(obj), use_cache=False))
+    status = {s.name: s for s in result.sources}
+    assert status["headers"].status == "used"
+    res = result.layout["OFFSET(page.compound_head)"]
+    assert res.value == 8 and res.chosen.source == "headers"
+
+
+# ---- real Debian trees -----------------------------------------------------------------------
+
+FETCH = "no Debian headers tree: run python tools/fetch_headers.py"
+
+
+def real_trees() -> list[Any]:
+    root = cache_dir() / "headers"
+    trees = sorted(root.glob("*/usr/src/linux-headers-*-amd64")) if root.is_dir() else []
+    trees = [t for t in trees if t.name == f"linux-headers-{t.parent.parent.parent.name}"]
+    if not trees:
+        return [pytest.param(None, id="no-headers", marks=pytest.mark.skip(reason=FETCH))]
+    return [pytest.param(t, id=t.parent.parent.parent.name) for t in trees]
+
+
+def _release(tree: Path) -> str:
+    return tree.name.removeprefix("linux-headers-")
+
+
+def btf_candidates(tree: Path) -> list[Path]:
+    """Files with BTF of the same build: fixture vmlinuz, kernels/ vmlinuz, the package vmlinux."""
+    rel = _release(tree)
+    out: list[Path] = []
+    for fx in load_fixtures():
+        p = fx.path("vmlinuz")
+        if fx.release == rel and p is not None:
+            out.append(p)
+    out.append(cache_dir() / "kernels" / rel / "vmlinuz")
+    out.append(tree / "vmlinux")   # Debian >= 6.x ships a BTF-only vmlinux for module builds
+    return [p for p in out if p.is_file()]
+
+
+def dbg_vmlinux(tree: Path) -> Path | None:
+    rel = _release(tree)
+    for fx in load_fixtures():
+        p = fx.path("vmlinux_dbg")
+        if fx.release == rel and p is not None:
+            return p
+    p = cache_dir() / "kernels" / rel / "vmlinux-dbg"
+    return p if p.is_file() else None
+
+
+@pytest.fixture(scope="module")
+def real_facts() -> dict[Path, list[Fact]]:
+    return {}
+
+
+def _headers_facts(tree: Path, cache: dict[Path, list[Fact]]) -> dict[str, Any]:
+    if tree not in cache:
+        cache[tree] = type_facts(headers.HeadersTypeSource(tree))
+    return {f.key: f.value for f in cache[tree]}
+
+
+@pytest.mark.parametrize("tree", real_trees())
+def test_real_headers_equal_btf(tree: Path, real_facts: dict[Path, list[Fact]]) -> None:
+    from kdlayout.btf import load_btf
+    from kdlayout.sources.btf_source import BtfTypeSource
+
+    files = btf_candidates(tree)
+    if not files:
+        pytest.skip(f"no BTF of {_release(tree)} (no fixture vmlinuz, kernels/ or package vmlinux)")
+    h = _headers_facts(tree, real_facts)
+    for path in files:
+        b = {f.key: f.value for f in type_facts(BtfTypeSource(load_btf(path), str(path)))}
+        common = sorted(set(h) & set(b))
+        # Everything a crash tool needs from struct page and the buddy allocator is answered.
+        for key in ("SIZE(page)", "OFFSET(page.flags)", "OFFSET(page._refcount)",
+                    "OFFSET(page._mapcount)", "OFFSET(page.compound_head)", "OFFSET(page.lru)",
+                    "OFFSET(zone.free_area)", "LENGTH(zone.free_area)",
+                    "OFFSET(free_area.nr_free)", "SIZE(free_area)", "NUMBER(PG_lru)",
+                    "NUMBER(PG_head)", "NUMBER(__NR_PAGEFLAGS)"):
+            assert key in common, (key, path)
+        diffs = {k: (h[k], b[k]) for k in common if h[k] != b[k]}
+        assert not diffs, f"headers vs BTF {path}: {diffs}"
+        # Only the printk ring buffer (a private header under kernel/, not shipped) may be missing.
+        missing = {k for k in set(b) - set(h) if "prb_" not in k and "printk_" not in k}
+        assert not missing, missing
+        assert len(common) >= 100
+
+
+def _drgn_type(prog: Any, name: str) -> Any:
+    for spelling in (f"struct {name}", f"union {name}", name):
+        try:
+            return prog.type(spelling)
+        except LookupError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("tree", real_trees())
+def test_real_headers_equal_dwarf(tree: Path, real_facts: dict[Path, list[Fact]]) -> None:
+    drgn = pytest.importorskip("drgn")
+    vmlinux = dbg_vmlinux(tree)
+    if vmlinux is None:
+        pytest.skip(f"no -dbg vmlinux of {_release(tree)}: tools/build_fixtures.py --dbg")
+    prog = drgn.Program()
+    prog.load_debug_info([str(vmlinux)])
+    h = _headers_facts(tree, real_facts)
+    checked = 0
+    for key, value in h.items():
+        kind, _, arg = key.partition("(")
+        arg = arg.rstrip(")")
+        if kind == "SIZE":
+            assert drgn.sizeof(_drgn_type(prog, arg)) == value, key
+        elif kind in ("OFFSET", "BITOFFSET", "LENGTH"):
+            tname, _, path = arg.partition(".")
+            t = _drgn_type(prog, tname)
+            if kind == "OFFSET":
+                assert drgn.offsetof(t, path) == value, key
+            else:
+                bit = 0
+                for part in path.split("."):
+                    m = t.member(part)
+                    bit += m.bit_offset
+                    t = m.type.unqualified()
+                if kind == "BITOFFSET":
+                    assert bit == value, key
+                else:
+                    assert t.length == value, key
+        elif kind == "NUMBER":
+            assert int(prog.constant(arg)) == value, key
+        else:
+            continue
+        checked += 1
+    assert checked == len(h) and checked >= 100
