@@ -28,6 +28,7 @@ def test_typed_accessors() -> None:
     assert vi.number("PAGE_BUDDY_MAPCOUNT_VALUE") == -129
     assert vi.number("NR_FREE_PAGES") == 0
     assert vi.phys_base == 469762048
+    assert VmcoreInfo.parse(b"NUMBER(phys_base)=-283115520\n").phys_base == 0xFFFFFFFFEF200000
     assert vi.kernel_offset == 0x1E000000
     assert vi.crash_time == 1700000000
     assert vi.get("SIZE(page)") == "64"

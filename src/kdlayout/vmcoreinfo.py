@@ -292,8 +292,10 @@ class VmcoreInfo:
     @property
     def phys_base(self) -> int | None:
         """``NUMBER(phys_base)`` (x86_64): physical address the kernel was loaded at minus its
-        link-time address."""
-        return self.number("phys_base")
+        link-time address, as the kernel's ``unsigned long`` (the line is printed with ``%ld``, so
+        it can read negative; it is returned modulo 2^64)."""
+        value = self.number("phys_base")
+        return None if value is None else value & 0xFFFF_FFFF_FFFF_FFFF
 
     def config(self, option: str) -> str | None:
         """Value of ``CONFIG_<option>`` (the prefix may be given or not)."""
