@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import struct
+import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kdlayout.elfcore import ElfCore
 from kdlayout.errors import CorruptError
 from kdlayout.notes import (
     NT_PRSTATUS,
@@ -19,6 +26,7 @@ from kdlayout.notes import (
     parse_notes,
     prstatus_notes,
 )
+from realdumps import fixture_params
 from synth import SAMPLE_VMCOREINFO, note_bytes, prstatus_desc
 
 
@@ -140,3 +148,50 @@ def test_mutations_never_crash(pos: int, byte: int) -> None:
         parse_notes(bytes(data))
     except CorruptError as exc:
         assert exc.offset is not None
+
+
+# -- real dumps: NT_PRSTATUS decoding against gdb --------------------------------------------------
+
+def _gdb_registers(path: Path) -> dict[int, dict[str, int]]:
+    """{LWP: {register: value}} as gdb reads them from the core's NT_PRSTATUS notes."""
+    exe = shutil.which("gdb")
+    if exe is None:
+        pytest.skip("gdb is not installed")
+    out = subprocess.run(
+        [exe, "-nx", "-batch", "-c", str(path), "-ex",
+         "thread apply all info registers rip rsp rbp rax rdi eflags"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "LC_ALL": "C"}).stdout
+    regs: dict[int, dict[str, int]] = {}
+    current: dict[str, int] | None = None
+    for line in out.splitlines():
+        m = re.match(r"Thread \d+ \(LWP (\d+)\):", line)
+        if m:
+            current = regs.setdefault(int(m.group(1)), {})
+            continue
+        if line.startswith("Thread "):
+            current = None  # "process N": gdb's fallback for a pid it already used
+            continue
+        m = re.match(r"(\w+)\s+(0x[0-9a-f]+)", line)
+        if m and current is not None:
+            current[m.group(1)] = int(m.group(2), 16)
+    return regs
+
+
+@pytest.mark.parametrize(("fx", "key", "path"), fixture_params(("vmcore", "qemu_elf")))
+def test_real_prstatus_matches_gdb(fx: Any, key: str, path: Path) -> None:
+    with ElfCore.open(path) as core:
+        decoded = [decode_prstatus_x86_64(n, path=str(path)) for n in prstatus_notes(core.notes)]
+    assert decoded
+    gdb = _gdb_registers(path)
+    pids = [p.pr_pid for p in decoded]
+    compared = 0
+    for pr in decoded:
+        if pr.pr_pid == 0 or pids.count(pr.pr_pid) > 1:
+            continue  # gdb cannot tell these threads apart
+        g = gdb[pr.pr_pid]
+        r = pr.pr_reg
+        assert (g["rip"], g["rsp"], g["rbp"], g["rax"], g["rdi"], g["eflags"]) == (
+            r.rip, r.rsp, r.rbp, r.rax, r.rdi, r.eflags), pr.pr_pid
+        compared += 1
+    assert compared >= 1
