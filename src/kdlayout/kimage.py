@@ -63,42 +63,14 @@ class VmcoreInfoLike(Protocol):
         ...
 
 
-class _VmcoreInfoText:
-    """Minimal ``KEY=value`` view of raw VMCOREINFO bytes, used when no parsed one is given."""
-
-    def __init__(self, raw: bytes) -> None:
-        self._values: dict[str, str] = {}
-        for line in raw.decode("ascii", "replace").splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key and key not in self._values:
-                self._values[key] = value.strip()
-
-    def get(self, key: str) -> str | None:
-        return self._values.get(key)
-
-
 def vmcoreinfo_of(mem: PhysicalMemory) -> VmcoreInfoLike | None:
-    """The parsed VMCOREINFO of ``mem`` (via :mod:`kdlayout.vmcoreinfo` when it is available)."""
+    """The parsed VMCOREINFO note of ``mem`` (:class:`kdlayout.vmcoreinfo.VmcoreInfo`), if any."""
     raw = mem.vmcoreinfo
     if raw is None:
         return None
-    try:
-        from . import vmcoreinfo as _vmcoreinfo_module
-    except ImportError:
-        return _VmcoreInfoText(raw)
-    parser = getattr(_vmcoreinfo_module, "VmcoreInfo", None)
-    if parser is None:
-        return _VmcoreInfoText(raw)
-    for build in (getattr(parser, "from_bytes", None), getattr(parser, "parse", None), parser):
-        if build is None:
-            continue
-        try:
-            parsed = build(raw)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(parsed, VmcoreInfoLike):
-            return parsed
-    return _VmcoreInfoText(raw)
+    from .vmcoreinfo import VmcoreInfo
+
+    return VmcoreInfo.parse(raw, path=mem.info.path)
 
 
 def vmcoreinfo_value(vi: VmcoreInfoLike | None, key: str) -> str | None:

@@ -1,0 +1,555 @@
+"""The kernel's compressed symbol tables (kallsyms), decoded from bytes.
+
+This is a format module: it takes the raw bytes of each table (the caller reads them from the dump,
+see :mod:`kdlayout.sources.kallsyms_source`) and produces a :class:`SymbolTable`. The formats are
+described in ``docs/kallsyms.md``; in short:
+
+* ``kallsyms_num_syms``: u32 count.
+* ``kallsyms_names``: per symbol a length (number of token bytes) then that many token bytes. A
+  length >= 0x80 takes two bytes, ULEB128 style (``(b0 & 0x7f) | b1 << 7``) since Linux kernel
+  commit 73bbb94466fd ("kallsyms: support "big" kernel symbols") (in v6.1). Whether a dump uses
+  that form is detected (see :func:`split_names_detect`), never inferred from a version.
+* ``kallsyms_token_table``: 256 NUL-terminated token strings; ``kallsyms_token_index``: 256 u16
+  offsets of each token in the table. Expanding a symbol's token bytes gives ``<type><name>``.
+* ``kallsyms_markers``: the offset in ``kallsyms_names`` of every 256th symbol.
+* addresses, one of four :class:`AddressScheme` s, chosen by :func:`select_scheme` as the one that
+  reproduces the VMCOREINFO ``SYMBOL()`` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from itertools import accumulate, repeat
+from typing import NamedTuple, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import CorruptError, MissingDataError
+
+TOKENS = 256
+TOKEN_INDEX_SIZE = TOKENS * 2
+#: scripts/kallsyms refuses lengths above 0x3fff (two ULEB128 bytes).
+MAX_NAME_TOKENS = 0x3FFF
+#: Upper bound on ``kallsyms_num_syms`` accepted (x86_64 distribution kernels have ~200k).
+MAX_SYMS = 1 << 22
+#: Upper bound on the size of ``kallsyms_names`` (distribution kernels: ~2-3 MiB).
+MAX_NAMES_BYTES = 64 << 20
+#: Upper bound on the size of ``kallsyms_token_table`` (distribution kernels: ~2 KiB).
+MAX_TOKEN_TABLE_BYTES = 1 << 16
+
+_MASK64 = (1 << 64) - 1
+
+U64Array = npt.NDArray[np.uint64]
+#: ``markers_for(names_end_offset, count)``: candidate ``kallsyms_markers`` arrays found after the
+#: names (one per plausible element size / alignment); used to detect the length encoding.
+MarkersProbe = Callable[[int, int], Sequence[npt.NDArray[np.integer]]]
+
+
+class AddressScheme(StrEnum):
+    """How ``kallsyms_addresses``/``kallsyms_offsets`` encode symbol addresses."""
+
+    #: ``kallsyms_addresses[i]`` is the address (an ``unsigned long``); before base-relative
+    #: kallsyms, and later for configurations without ``CONFIG_KALLSYMS_BASE_RELATIVE``.
+    ABSOLUTE = "absolute"
+    #: ``kallsyms_relative_base + (u32)kallsyms_offsets[i]``; Linux kernel commit 2213e9a66bb8
+    #: ("kallsyms: add support for relative offsets in kallsyms address table") (in v4.6).
+    BASE_RELATIVE = "base-relative"
+    #: Base-relative with ``CONFIG_KALLSYMS_ABSOLUTE_PERCPU`` (x86_64 SMP until v6.15): an offset
+    #: >= 0 is an absolute per-CPU address, a negative one means ``relative_base - 1 - offset``.
+    ABSOLUTE_PERCPU = "base-relative-absolute-percpu"
+    #: ``&kallsyms_offsets[i] + (s32)kallsyms_offsets[i]``; Linux kernel commit a081b5789255
+    #: ("kallsyms: Get rid of kallsyms relative base") (in v7.0).
+    PLACE_RELATIVE = "place-relative"
+
+
+class Symbol(NamedTuple):
+    """One kallsyms entry: ``type`` is the nm-style type letter (``T``, ``t``, ``D``, ...)."""
+
+    name: str
+    address: int
+    type: str
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    """The 256 expansion strings of the token bytes used in ``kallsyms_names``."""
+
+    tokens: tuple[bytes, ...]
+    table_size: int      # bytes of kallsyms_token_table actually used (through the last NUL)
+
+    @property
+    def lengths(self) -> npt.NDArray[np.int64]:
+        return np.fromiter((len(t) for t in self.tokens), dtype=np.int64, count=TOKENS)
+
+
+@dataclass(frozen=True)
+class NameLayout:
+    """Where each symbol's token bytes are in ``kallsyms_names``."""
+
+    starts: npt.NDArray[np.int64]    # offset of each symbol's first token byte
+    lengths: npt.NDArray[np.int64]   # token count of each symbol
+    records: npt.NDArray[np.int64]   # offset of each symbol's length prefix (for markers)
+    end: int                         # offset just past the last symbol
+    big_lengths: bool                # two-byte lengths were decoded as such
+    saw_high_bit: bool               # some length byte had bit 7 set (the two forms differ)
+
+
+def _where(source: str, what: str, addr: int | None) -> str:
+    return f"{what} at {addr:#x}" if addr is not None else what
+
+
+def parse_token_table(table: bytes, index: bytes, *, source: str,
+                      table_addr: int | None = None,
+                      index_addr: int | None = None) -> TokenTable:
+    """Decode ``kallsyms_token_table`` using ``kallsyms_token_index``.
+
+    ``table`` may extend past the real table; ``index`` must hold at least 512 bytes. Raises
+    :class:`CorruptError` naming the source and address for an index entry outside the table, a
+    token not starting right after a NUL, an empty or unterminated token.
+    """
+    if len(index) < TOKEN_INDEX_SIZE:
+        raise CorruptError(f"kallsyms_token_index is truncated ({len(index)} of "
+                           f"{TOKEN_INDEX_SIZE} bytes) ({_where(source, 'table', index_addr)})",
+                           path=source, offset=index_addr)
+    offsets = np.frombuffer(index, dtype="<u2", count=TOKENS).astype(np.int64)
+    tokens: list[bytes] = []
+    table_end = 0
+    for i, off in enumerate(offsets.tolist()):
+        at = (table_addr + off) if table_addr is not None else None
+        if off >= len(table):
+            raise CorruptError(
+                f"kallsyms_token_index[{i}]={off:#x} points outside kallsyms_token_table "
+                f"({len(table)} bytes at {table_addr or 0:#x})", path=source, offset=index_addr)
+        if off and table[off - 1] != 0:
+            raise CorruptError(
+                f"kallsyms_token_index[{i}]={off:#x} does not point at the start of a token "
+                f"({_where(source, 'token', at)})", path=source, offset=at)
+        end = table.find(b"\0", off)
+        if end < 0:
+            raise CorruptError(f"kallsyms token {i} is not NUL-terminated "
+                               f"({_where(source, 'token', at)})", path=source, offset=at)
+        if end == off:
+            raise CorruptError(f"kallsyms token {i} is empty ({_where(source, 'token', at)})",
+                               path=source, offset=at)
+        tokens.append(bytes(table[off:end]))
+        table_end = max(table_end, end + 1)
+    return TokenTable(tuple(tokens), table_end)
+
+
+def split_names(names: bytes | memoryview, num_syms: int, *, big: bool, source: str,
+                names_addr: int | None = None) -> NameLayout:
+    """Walk the length prefixes of ``kallsyms_names`` for ``num_syms`` symbols.
+
+    With ``big`` a length byte with bit 7 set is followed by a second length byte. Raises
+    :class:`CorruptError` if a length is zero or runs off ``names`` (bounded: every symbol takes at
+    least two bytes, so at most ``len(names) // 2`` steps happen).
+
+    The walk is inherently sequential (each record's position depends on the previous length);
+    it runs as one ``itertools.accumulate`` over the bytes object, and everything else (lengths,
+    the two-byte form, checks) is vectorised afterwards.
+    """
+    if num_syms < 0 or num_syms > MAX_SYMS:
+        raise CorruptError(f"kallsyms_num_syms={num_syms} is implausible (limit {MAX_SYMS})",
+                           path=source, offset=names_addr)
+    buf = bytes(names)
+    size = len(buf)
+    if num_syms > size // 2:
+        raise CorruptError(f"kallsyms_num_syms={num_syms} symbols cannot fit in {size} bytes of "
+                           f"kallsyms_names ({_where(source, 'table', names_addr)})",
+                           path=source, offset=names_addr)
+    if big:
+        def step(p: int, _: int) -> int:
+            n = buf[p]
+            if n & 0x80:
+                return p + 2 + ((n & 0x7F) | (buf[p + 1] << 7))
+            return p + 1 + n
+    else:
+        def step(p: int, _: int) -> int:
+            return p + 1 + buf[p]
+    try:
+        walk = np.fromiter(accumulate(repeat(0, num_syms), step, initial=0), dtype=np.int64,
+                           count=num_syms + 1)
+    except IndexError:
+        walk = _walk_slowly(buf, num_syms, big, source, names_addr)
+    records = walk[:-1]
+    end = int(walk[-1])
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    first = arr[records].astype(np.int64)
+    high = (first & 0x80) != 0
+    saw_high = bool(high.any())
+    if big and saw_high:
+        second = arr[np.minimum(records + 1, size - 1)].astype(np.int64)
+        lengths = np.where(high, (first & 0x7F) | (second << 7), first)
+        starts = records + 1 + high
+    else:
+        lengths = first
+        starts = records + 1
+    zero = np.flatnonzero(lengths == 0)
+    if len(zero):
+        i = int(zero[0])
+        at = names_addr + int(records[i]) if names_addr is not None else None
+        raise CorruptError(f"kallsyms_names: symbol {i} has length 0 "
+                           f"({_where(source, 'byte', at)})", path=source, offset=at)
+    if end > size:
+        i = int(np.searchsorted(walk, size, side="right")) - 1
+        _names_overrun(source, names_addr, i, end, size)
+    return NameLayout(starts, lengths, records, end, big, saw_high)
+
+
+def _walk_slowly(buf: bytes, num_syms: int, big: bool, source: str,
+                 names_addr: int | None) -> npt.NDArray[np.int64]:
+    """The record walk one step at a time, to name the symbol that runs off the table."""
+    pos = 0
+    size = len(buf)
+    out = [0]
+    for i in range(num_syms):
+        if pos >= size:
+            _names_overrun(source, names_addr, i, pos, size)
+        n = buf[pos]
+        pos += 1
+        if big and n & 0x80:
+            if pos >= size:
+                _names_overrun(source, names_addr, i, pos, size)
+            n = (n & 0x7F) | (buf[pos] << 7)
+            pos += 1
+        pos += n
+        out.append(pos)
+    return np.array(out, dtype=np.int64)
+
+
+def _names_overrun(source: str, names_addr: int | None, i: int, pos: int, size: int) -> NoReturn:
+    at = names_addr + min(pos, size) if names_addr is not None else None
+    raise CorruptError(f"kallsyms_names: symbol {i} runs off the end of the table "
+                       f"({size} bytes; {_where(source, 'end', at)})", path=source, offset=at)
+
+
+def markers_match(layout: NameLayout, markers: npt.NDArray[np.integer]) -> bool:
+    """True if ``markers`` (``kallsyms_markers`` values) agree with ``layout``.
+
+    ``kallsyms_markers[k]`` is the offset in ``kallsyms_names`` of symbol ``256 * k``.
+    """
+    want = layout.records[::256]
+    if len(markers) < len(want) or not len(want):
+        return False
+    return bool(np.array_equal(np.asarray(markers[:len(want)], dtype=np.int64), want))
+
+
+def expected_markers(layout: NameLayout) -> npt.NDArray[np.int64]:
+    """The ``kallsyms_markers`` values the kernel would have written for ``layout``."""
+    return layout.records[::256].copy()
+
+
+def split_names_detect(names: bytes | memoryview, num_syms: int, *, source: str,
+                       names_addr: int | None = None,
+                       markers_for: MarkersProbe | None = None) -> NameLayout:
+    """Walk ``kallsyms_names`` and detect whether it uses the two-byte ("big") length form.
+
+    Decoding with the big form first: if no length byte has bit 7 set the two forms are
+    identical. Otherwise both are tried and the one whose every-256th-symbol offsets equal
+    ``kallsyms_markers`` (read through ``markers_for(end_offset, count)``) wins; if markers cannot
+    be read, the only form that decodes without error wins. Raises :class:`CorruptError` if the
+    forms cannot be told apart.
+    """
+    errors: list[CorruptError] = []
+    try:
+        big = split_names(names, num_syms, big=True, source=source, names_addr=names_addr)
+    except CorruptError as exc:
+        errors.append(exc)
+        big = None
+    if big is not None and not big.saw_high_bit:
+        return big
+    try:
+        small: NameLayout | None = split_names(names, num_syms, big=False, source=source,
+                                               names_addr=names_addr)
+    except CorruptError as exc:
+        errors.append(exc)
+        small = None
+    candidates = [c for c in (big, small) if c is not None]
+    if not candidates:
+        raise errors[0]
+    if len(candidates) == 1:
+        return candidates[0]
+    if markers_for is not None:
+        matching = [c for c in candidates
+                    if any(markers_match(c, m) for m in markers_for(c.end, (num_syms + 255) // 256))]
+        if len(matching) == 1:
+            return matching[0]
+    raise CorruptError("kallsyms_names: cannot tell one- from two-byte symbol lengths (both "
+                       "decode and kallsyms_markers does not decide)", path=source,
+                       offset=names_addr)
+
+
+#: Separator written between expanded symbols; kernel symbol names never contain it.
+_SEP = 0x0A
+
+
+def expand_names(names: bytes | memoryview, layout: NameLayout, tokens: TokenTable, *,
+                 source: str) -> tuple[list[str], bytes]:
+    """Expand every symbol's token bytes: returns (names without type, type letters).
+
+    Vectorised with numpy: the names bytes up to ``layout.end`` become one token stream in which
+    each length prefix is replaced by a separator token; a (257 x longest token) matrix expands
+    the stream in one gather; the type letters (first byte of each symbol's first token) are
+    taken out, the padding dropped and the text split once.
+    """
+    n = len(layout.starts)
+    if n == 0:
+        return [], b""
+    buf = np.frombuffer(bytes(names), dtype=np.uint8, count=layout.end)
+    stream = buf.astype(np.intp)
+    stream[layout.records] = TOKENS                       # separator token
+    sep_rows = layout.records
+    second = layout.starts - layout.records == 2          # two-byte length prefixes
+    if second.any():
+        keep_in = np.ones(layout.end, dtype=bool)
+        keep_in[layout.records[second] + 1] = False
+        stream = stream[keep_in]
+        sep_rows = np.flatnonzero(stream == TOKENS)
+    width = max(len(t) for t in tokens.tokens)
+    matrix = np.zeros((TOKENS + 1, width), dtype=np.uint8)
+    for i, tok in enumerate(tokens.tokens):
+        matrix[i, :len(tok)] = np.frombuffer(tok, dtype=np.uint8)
+    matrix[TOKENS, 0] = _SEP
+    if np.any(matrix[:TOKENS] == _SEP):
+        raise CorruptError("kallsyms_token_table: a token contains a newline", path=source)
+    rows = np.take(matrix, stream, axis=0)                # one row per token byte
+    first_rows = sep_rows + 1                             # each symbol's first token
+    types = rows[first_rows, 0].tobytes()
+    rows[first_rows, 0] = 0                               # drop the type letter ...
+    rows[0, 0] = 0                                        # ... and the leading separator
+    flat = rows.ravel()
+    text = np.compress(flat != 0, flat).tobytes().decode("latin-1")
+    out = text.split("\n")
+    if len(out) != n:
+        raise CorruptError(f"kallsyms_names: expanded {len(out)} names for {n} symbols",
+                           path=source)
+    return out, types
+
+
+def read_markers(data: bytes, count: int, width: int) -> npt.NDArray[np.int64]:
+    """``count`` little-endian markers of ``width`` (4 or 8) bytes from ``data`` (may be short)."""
+    dtype = "<u4" if width == 4 else "<u8"
+    have = min(count, len(data) // width)
+    return np.frombuffer(data, dtype=dtype, count=have).astype(np.int64)
+
+
+# -- addresses ------------------------------------------------------------------------------
+
+
+def decode_addresses(scheme: AddressScheme, raw: bytes, num_syms: int, *,
+                     relative_base: int | None = None,
+                     offsets_addr: int | None = None) -> U64Array:
+    """Decode ``num_syms`` addresses from ``raw`` (``kallsyms_addresses`` or ``kallsyms_offsets``).
+
+    ``relative_base`` is needed by the base-relative schemes, ``offsets_addr`` (the virtual
+    address of ``kallsyms_offsets``) by the place-relative one. Arithmetic is modulo 2**64.
+    """
+    if scheme is AddressScheme.ABSOLUTE:
+        if len(raw) < 8 * num_syms:
+            raise ValueError("short kallsyms_addresses")
+        return np.frombuffer(raw, dtype="<u8", count=num_syms).astype(np.uint64)
+    if len(raw) < 4 * num_syms:
+        raise ValueError("short kallsyms_offsets")
+    off = np.frombuffer(raw, dtype="<i4", count=num_syms).astype(np.int64)
+    with np.errstate(over="ignore"):
+        if scheme is AddressScheme.PLACE_RELATIVE:
+            if offsets_addr is None:
+                raise ValueError("place-relative kallsyms needs the address of kallsyms_offsets")
+            place = np.uint64(offsets_addr) + np.arange(num_syms, dtype=np.uint64) * np.uint64(4)
+            return place + off.astype(np.uint64)  # two's complement wraps to subtraction
+        if relative_base is None:
+            raise ValueError("base-relative kallsyms needs kallsyms_relative_base")
+        base = np.uint64(relative_base & _MASK64)
+        if scheme is AddressScheme.BASE_RELATIVE:
+            return base + (off & 0xFFFFFFFF).astype(np.uint64)
+        # ABSOLUTE_PERCPU: >= 0 absolute, < 0 relative_base - 1 - offset.
+        rel = base - np.uint64(1) - off.astype(np.uint64)
+        return np.where(off >= 0, off.astype(np.uint64), rel)
+
+
+class AddressCandidate(NamedTuple):
+    """Addresses decoded with one scheme from a table at ``table_addr``."""
+
+    scheme: AddressScheme
+    table_addr: int
+    addresses: U64Array
+
+
+@dataclass(frozen=True)
+class SchemeCheck:
+    """Outcome of checking one address candidate against known symbol addresses."""
+
+    scheme: AddressScheme
+    table_addr: int
+    matched: tuple[str, ...]
+    mismatched: tuple[str, ...]
+    sorted_fraction: float
+
+
+def _indices_of(names: Sequence[str], wanted: Mapping[str, int]) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        if name in wanted:
+            found.setdefault(name, []).append(i)
+    return found
+
+
+def check_scheme(cand: AddressCandidate, names: Sequence[str], known: Mapping[str, int], *,
+                 indices: Mapping[str, list[int]] | None = None) -> SchemeCheck:
+    """Compare a candidate's addresses with ``known`` ``{name: address}`` (VMCOREINFO SYMBOLs).
+
+    A known symbol matches if any kallsyms entry of that name has exactly that address; names
+    absent from kallsyms are ignored. ``indices`` (name -> kallsyms indices) may be precomputed.
+    """
+    addresses = cand.addresses
+    wanted = {k: v & _MASK64 for k, v in known.items()}
+    if indices is None:
+        indices = _indices_of(names, wanted)
+    matched: list[str] = []
+    mismatched: list[str] = []
+    for name, idx in sorted(indices.items()):
+        if wanted[name] in {int(addresses[i]) for i in idx}:
+            matched.append(name)
+        else:
+            mismatched.append(name)
+    if len(addresses) > 1:
+        frac = float(np.count_nonzero(addresses[1:] >= addresses[:-1])) / (len(addresses) - 1)
+    else:
+        frac = 1.0
+    return SchemeCheck(cand.scheme, cand.table_addr, tuple(matched), tuple(mismatched), frac)
+
+
+def select_scheme(candidates: Sequence[AddressCandidate], names: Sequence[str],
+                  known: Mapping[str, int], *, source: str,
+                  required: str = "_stext") -> tuple[AddressCandidate, list[SchemeCheck]]:
+    """Pick the address candidate that reproduces ``known`` exactly.
+
+    A candidate qualifies if ``required`` (``_stext``) is among the kallsyms names and matches,
+    and no other known symbol mismatches. If several qualify their address arrays must be
+    identical (then the first is returned); otherwise :class:`CorruptError`. Raises
+    :class:`MissingDataError` if ``required`` is not known or not among the kallsyms names.
+    """
+    if required not in known:
+        raise MissingDataError(f"cannot choose a kallsyms address scheme: no SYMBOL({required})",
+                               path=source)
+    indices = _indices_of(names, known)
+    checks = [check_scheme(c, names, known, indices=indices) for c in candidates]
+    ok = [i for i, c in enumerate(checks) if required in c.matched and not c.mismatched]
+    if not ok:
+        if not any(required in c.matched or required in c.mismatched for c in checks):
+            raise MissingDataError(f"{required} is not among the decoded kallsyms names",
+                                   path=source)
+        detail = "; ".join(f"{c.scheme} at {c.table_addr:#x}: {len(c.mismatched)} mismatched "
+                           f"({', '.join(c.mismatched[:3])})" for c in checks)
+        raise CorruptError(f"no kallsyms address scheme reproduces SYMBOL({required}) and the "
+                           f"other VMCOREINFO symbols ({detail})", path=source)
+    first = candidates[ok[0]]
+    for i in ok[1:]:
+        other = candidates[i]
+        if not np.array_equal(first.addresses, other.addresses):
+            raise CorruptError(f"kallsyms address schemes {first.scheme} at "
+                               f"{first.table_addr:#x} and {other.scheme} at "
+                               f"{other.table_addr:#x} both reproduce the VMCOREINFO symbols "
+                               "with different results; cannot choose", path=source)
+    return first, checks
+
+
+# -- the symbol table -----------------------------------------------------------------------
+
+
+@dataclass
+class SymbolTable:
+    """Decoded kallsyms of the core kernel: names, addresses and type letters in kallsyms order.
+
+    ``lookup(name)`` gives an address, ``name_at(addr)`` the symbol covering an address.
+    """
+
+    names: list[str]
+    addresses: U64Array
+    types: bytes
+    _by_name: dict[str, int] | None = field(default=None, repr=False)
+    _order: npt.NDArray[np.int64] | None = field(default=None, repr=False)
+    _sorted: U64Array | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (len(self.names) == len(self.addresses) == len(self.types)):
+            raise ValueError("names, addresses and types differ in length")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[Symbol]:
+        types = self.types.decode("latin-1")
+        for name, addr, typ in zip(self.names, self.addresses.tolist(), types, strict=True):
+            yield Symbol(name, addr, typ)
+
+    def __getitem__(self, i: int) -> Symbol:
+        return Symbol(self.names[i], int(self.addresses[i]), chr(self.types[i]))
+
+    def _index(self) -> dict[str, int]:
+        if self._by_name is None:
+            by_name: dict[str, int] = {}
+            for i, name in enumerate(self.names):
+                by_name.setdefault(name, i)
+            self._by_name = by_name
+        return self._by_name
+
+    def lookup(self, name: str) -> int | None:
+        """Address of the first symbol called ``name`` (kallsyms order), or ``None``."""
+        i = self._index().get(name)
+        return None if i is None else int(self.addresses[i])
+
+    def require(self, name: str) -> int:
+        """Like :meth:`lookup` but raise :class:`MissingDataError` if there is no such symbol."""
+        addr = self.lookup(name)
+        if addr is None:
+            raise MissingDataError(f"symbol {name!r} is not in kallsyms")
+        return addr
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._index()
+
+    def lookup_all(self, name: str) -> list[Symbol]:
+        """Every symbol called ``name`` (static symbols can repeat)."""
+        return [self[i] for i, n in enumerate(self.names) if n == name]
+
+    def _sorted_view(self) -> tuple[npt.NDArray[np.int64], U64Array]:
+        if self._order is None or self._sorted is None:
+            order = np.argsort(self.addresses, kind="stable").astype(np.int64)
+            self._order = order
+            self._sorted = self.addresses[order]
+        return self._order, self._sorted
+
+    def name_at(self, addr: int) -> Symbol | None:
+        """The symbol with the greatest address <= ``addr`` (first in kallsyms order on ties)."""
+        order, sorted_addrs = self._sorted_view()
+        if not len(sorted_addrs):
+            return None
+        i = int(np.searchsorted(sorted_addrs, np.uint64(addr & _MASK64), side="right")) - 1
+        if i < 0:
+            return None
+        j = int(np.searchsorted(sorted_addrs, sorted_addrs[i], side="left"))
+        return self[int(order[j])]
+
+    def sorted_addresses(self) -> U64Array:
+        """All addresses in ascending order."""
+        return self._sorted_view()[1]
+
+    def symbols_at(self, addr: int) -> list[Symbol]:
+        """Every symbol whose address is exactly ``addr``."""
+        order, sorted_addrs = self._sorted_view()
+        key = np.uint64(addr & _MASK64)
+        lo = int(np.searchsorted(sorted_addrs, key, side="left"))
+        hi = int(np.searchsorted(sorted_addrs, key, side="right"))
+        return [self[int(k)] for k in sorted(order[lo:hi].tolist())]
+
+
+__all__ = [
+    "AddressCandidate", "AddressScheme", "MarkersProbe", "NameLayout", "SchemeCheck", "Symbol", "SymbolTable",
+    "TokenTable", "check_scheme", "decode_addresses", "expand_names",
+    "expected_markers", "markers_match", "parse_token_table", "read_markers", "select_scheme",
+    "split_names", "split_names_detect",
+]
