@@ -390,6 +390,7 @@ def test_open_by_path(tmp_path: Path) -> None:
 def test_fixture_pages_match_drgn_and_vmcore(real: oracles.RealFile | None) -> None:
     assert real is not None
     drgn_read = oracles.drgn_reader(real.path)
+    assert drgn_read is not None
     elf = oracles.ElfPages(real.elf) if real.elf is not None else None
     try:
         with DiskDump.open(real.path) as d:
@@ -438,6 +439,7 @@ def test_fixture_ranges_match_drgn(real: oracles.RealFile | None) -> None:
     """The runs of the 2nd bitmap agree with what drgn can and cannot read at their edges."""
     assert real is not None
     drgn_read = oracles.drgn_reader(real.path)
+    assert drgn_read is not None
     with DiskDump.open(real.path) as d:
         ranges = d.ranges()
         assert ranges and all(a.end < b.start for a, b in itertools.pairwise(ranges))

@@ -63,6 +63,8 @@ _32BIT_MACHINES: Final = frozenset({"i386", "i486", "i586", "i686", "arm", "armv
                                     "mips", "ppc", "s390", "sparc", "sh4"})
 #: Decompressed pages kept per dump.
 PAGE_CACHE_PAGES: Final = 256
+#: Reads of at most this many pages fill the page cache (bigger ones would only flush it).
+_CACHE_READS_UP_TO: Final = 16
 #: Bitmap bytes unpacked at a time when finding runs (bounded memory for huge dumps).
 _RUN_CHUNK: Final = 1 << 22
 
@@ -685,38 +687,58 @@ class DiskDump(PhysicalMemory):
         ps = self.page_size
         first = paddr // ps
         last = (paddr + size - 1) // ps
+        lo = paddr - first * ps
         if last >= self.max_mapnr:
             raise self._not_in_dump(paddr, size)
-        pfns = np.arange(first, last + 1, dtype=np.int64)
-        if not self._rank.test(pfns).all():
+        if first == last:
+            if not self._dumped(first):
+                raise self._not_in_dump(paddr, size)
+            page = self._cache.get(first)
+            if page is None:
+                k = self._rank_one(first)
+                raw = self.source.read_at(self.desc_offset + PAGE_DESC_SIZE * k, PAGE_DESC_SIZE)
+                if len(raw) < PAGE_DESC_SIZE:
+                    raw = raw + bytes(PAGE_DESC_SIZE - len(raw))   # checked in _decode
+                off, dsize, flags, _pf = struct.unpack(self._order + "qIIQ", raw)
+                page = self._decode(first, k, off, dsize, flags)
+                self._cache[first] = page
+            return page[lo:lo + size] if size < ps else page
+        n = last - first + 1
+        if not self._rank.test(np.arange(first, last + 1, dtype=np.int64)).all():
             raise self._not_in_dump(paddr, size)
-        pages = [self._page(first + i, d) for i, d in enumerate(self._descs_for(first, last))]
-        buf = b"".join(pages) if len(pages) > 1 else pages[0]
-        lo = paddr - first * ps
+        k0 = self._rank_one(first)
+        desc = self.descriptors(k0, n)
+        offs = desc["offset"].tolist()
+        sizes = desc["size"].tolist()
+        flags_ = desc["flags"].tolist()
+        keep = n <= _CACHE_READS_UP_TO
+        parts = []
+        for i in range(n):
+            pfn = first + i
+            page = self._cache.get(pfn)
+            if page is None:
+                page = self._decode(pfn, k0 + i, offs[i], sizes[i], flags_[i])
+                if keep:
+                    self._cache[pfn] = page
+            parts.append(page)
+        buf = b"".join(parts)
         return buf[lo:lo + size]
 
     def read_page(self, pfn: int) -> bytes:
         """The whole page at ``pfn``; :class:`NotInDumpError` if it is not dumped."""
         return self.read(pfn * self.page_size, self.page_size)
 
-    def _descs_for(self, first: int, last: int) -> list[tuple[int, int, int, int] | None]:
-        """Descriptors of dumped pfns first..last (consecutive numbers); None = cached page."""
-        need = [p for p in range(first, last + 1) if p not in self._cache]
-        out: list[tuple[int, int, int, int] | None] = [None] * (last - first + 1)
-        if not need:
-            return out
-        lo, hi = need[0], need[-1]
-        k0 = int(self._rank.rank(np.array([lo], dtype=np.int64))[0])
-        desc = self.descriptors(k0, hi - lo + 1)
-        for p in need:
-            d = desc[p - lo]
-            out[p - first] = (k0 + p - lo, int(d["offset"]), int(d["size"]), int(d["flags"]))
-        return out
+    def _dumped(self, pfn: int) -> bool:
+        return bool((int(self._bitmap2[pfn >> 3]) >> (pfn & 7)) & 1)
 
-    def _page(self, pfn: int, desc: tuple[int, int, int, int] | None) -> bytes:
-        if desc is None:
-            return self._cache[pfn]
-        k, off, size, flags = desc
+    def _rank_one(self, pfn: int) -> int:
+        """Descriptor number of one dumped pfn (plain-int fast path of :meth:`desc_index`)."""
+        word = pfn >> 6
+        bits = int.from_bytes(self._rank.bitmap[word * 8:word * 8 + 8].tobytes(), "little")
+        return int(self._rank.cum[word]) + (bits & ((1 << (pfn & 63)) - 1)).bit_count()
+
+    def _decode(self, pfn: int, k: int, off: int, size: int, flags: int) -> bytes:
+        """Validate descriptor ``k`` (of ``pfn``) and return its decompressed page."""
         doff = self.desc_offset + PAGE_DESC_SIZE * k
         ps = self.page_size
         fsize = self.source.size
@@ -726,7 +748,9 @@ class DiskDump(PhysicalMemory):
                 f"page {pfn:#x} was not written: the dump is incomplete (descriptor "
                 f"{k} at image offset {doff:#x})", paddr=pfn * ps, path=self.path,
                 offset=self._where(min(doff, fsize)))
-        if off < self.desc_end or off < 0 or size <= 0 or off + size > fsize:
+        if doff + PAGE_DESC_SIZE > fsize:
+            raise self._corrupt("page descriptor table truncated", doff)
+        if off < self.desc_end or size <= 0 or off + size > fsize:
             raise self._corrupt(f"descriptor {k} of pfn {pfn:#x} points at {off:#x}+{size:#x}, "
                                 f"outside the page data area (file size {fsize:#x})", doff)
         try:
@@ -741,13 +765,11 @@ class DiskDump(PhysicalMemory):
                                 f"block_size {self.block_size}", doff)
         data = self.source.read_at(off, size)
         try:
-            page = codecs.decompress(flags, data, ps)
+            return codecs.decompress(flags, data, ps)
         except CorruptError as exc:
             raise self._corrupt(f"descriptor {k} of pfn {pfn:#x}: {exc.message}", doff) from None
         except UnsupportedError as exc:
             raise exc.located(self.path, self._where(doff)) from None
-        self._cache[pfn] = page
-        return page
 
     def close(self) -> None:
         """Release the underlying file."""
