@@ -19,6 +19,7 @@ from .errors import KdlayoutError
 _COMMANDS: tuple[tuple[str, str], ...] = (
     ("info", "info"),
     ("resolve", "resolve"),
+    ("db", "db"),
 )
 
 EXIT_ERROR = 2

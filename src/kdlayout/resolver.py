@@ -187,6 +187,20 @@ def _provide_headers(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
     return type_facts(src), src.describe()
 
 
+def _provide_db(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
+    if not ctx.options.db:
+        return None
+    from .sources.db import DbSource
+
+    info = ctx.vmcoreinfo
+    build_id = (info.build_id if info is not None else None) or ctx.extra.get("build_id")
+    release = (info.osrelease if info is not None else None) or ctx.extra.get("release")
+    src = DbSource(ctx.options.db, build_id=build_id if isinstance(build_id, str) else None,
+                   release=release if isinstance(release, str) else None)
+    ctx.extra.setdefault("warnings", []).extend(src.warnings)  # type: ignore[attr-defined]
+    return src.facts(), "; warning: ".join([src.describe(), *src.warnings])
+
+
 # Order matters: kallsyms feeds the in-dump BTF lookup.
 PROVIDERS: tuple[tuple[str, Provider], ...] = (
     ("vmcoreinfo", _provide_vmcoreinfo),
@@ -195,6 +209,7 @@ PROVIDERS: tuple[tuple[str, Provider], ...] = (
     ("dwarf", _provide_dwarf),
     ("btf-file", _provide_btf_file),
     ("headers", _provide_headers),
+    ("db", _provide_db),
 )
 
 
@@ -356,6 +371,7 @@ def resolve(dump: PhysicalMemory | None, options: ResolveOptions | None = None,
     info = ctx.vmcoreinfo
     layout.release = info.osrelease if info is not None else None
     layout.build_id = info.build_id if info is not None else None
+    layout.warnings.extend(str(w) for w in ctx.extra.get("warnings") or ())  # type: ignore[attr-defined]
     _check_build_ids(layout, ctx)
     result = ResolveResult(layout, statuses)
     if disk_path is not None:
