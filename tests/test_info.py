@@ -17,7 +17,7 @@ from kdlayout.cli import main
 from kdlayout.commands.info import collect, print_text
 from kdlayout.dumpfile import open_dump
 from realdumps import fixture_params, qemu_firmware_dumps, readelf_loads, readelf_note_count
-from synth import default_core
+from synth import Seg, build_core, default_core
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
 
@@ -158,3 +158,19 @@ def test_info_on_qemu_dump(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert d["vmcoreinfo"] is None and d["release"] is None
     assert d["memory"]["ranges"][0] == {"start": 0, "end": 64 << 20, "size": 64 << 20}
     assert d["notes"]["types"] == {"NT_PRSTATUS": 2, "QEMU_CPUSTATE": 2}
+
+
+def test_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    # 3000 separate ranges: far more JSON than a pipe buffers, and the reader stops after 100 bytes
+    segs = [Seg(i * 0x2000, b"\xaa" * 16) for i in range(3000)]
+    p = _write(tmp_path, "many", build_core(segs).data)
+    proc = subprocess.Popen([sys.executable, "-m", "kdlayout.cli", "info", "--json", str(p)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    assert proc.stdout is not None and proc.stderr is not None
+    head = proc.stdout.read(100)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0
+    assert head.startswith(b"{")
+    assert err == ""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import sys
 from typing import Any, TextIO
 
@@ -202,9 +203,16 @@ def run(args: argparse.Namespace) -> int:
     """Open the dump, print its facts; errors propagate to the CLI (one line, exit 2)."""
     with open_dump(args.vmcore) as mem:
         d = collect(mem)
-    if args.json:
-        json.dump(d, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print_text(d, sys.stdout, all_ranges=args.all_ranges)
+    try:
+        if args.json:
+            json.dump(d, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        else:
+            print_text(d, sys.stdout, all_ranges=args.all_ranges)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``): not an error; silence the flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 0
