@@ -238,9 +238,14 @@ class FlatSource:
         end = min(offset + n, ix.image_size)
         if offset < 0 or n <= 0 or offset >= end or self._map is None:
             return b""
-        out = bytearray(end - offset)
-        i = max(int(np.searchsorted(ix.seg_end, offset, side="right")), 0)
+        i = int(np.searchsorted(ix.seg_end, offset, side="right"))
         m = self._map
+        if i < ix.seg_start.size:
+            s0 = int(ix.seg_start[i])
+            if s0 <= offset and end <= int(ix.seg_end[i]):       # one segment: plain slice
+                fp = int(ix.seg_pos[i]) + (offset - s0)
+                return m[fp:fp + (end - offset)]
+        out = bytearray(end - offset)
         while i < ix.seg_start.size:
             s, e = int(ix.seg_start[i]), int(ix.seg_end[i])
             if s >= end:
