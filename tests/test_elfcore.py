@@ -440,3 +440,12 @@ def test_pread_fallback_when_mmap_fails(tmp_path: Path, monkeypatch: pytest.Monk
         assert np.all(v.view("<u8") == 16)
         with pytest.raises(NotInDumpError):
             core.read(0x12000, 1)
+
+
+def test_too_many_program_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdlayout.elfcore as elfcore_mod
+
+    monkeypatch.setattr(elfcore_mod, "MAX_PHDRS", 4)
+    with pytest.raises(UnsupportedError) as ei:
+        ElfCore.from_buffer(default_core().data, path="many")
+    assert ei.value.offset == 0x38 and ei.value.path == "many"

@@ -60,6 +60,10 @@ SHDR_SIZE = 64
 _NO_PADDR = 0xFFFF_FFFF_FFFF_FFFF
 #: Physical ranges must end at or below this (x86_64 physical addresses have at most 52 bits).
 MAX_PHYS_END = 1 << 63
+#: Program headers beyond this count are refused (UnsupportedError): the table and the arrays derived
+#: from it are held in memory. QEMU writes one PT_LOAD per RAM block, makedumpfile -E one per run
+#: of kept pages; both stay far below.
+MAX_PHDRS = 1 << 24
 #: With the pread fallback (files that cannot be mmapped), note segments are read into memory.
 MAX_NOTE_SEGMENT_COPY = 64 << 20
 
@@ -229,6 +233,7 @@ class ElfCore(PhysicalMemory):
     def __init__(self, reader: _Reader) -> None:
         self._reader = reader
         self.path = reader.path
+        self._segments: tuple[LoadSegment, ...] | None = None
         try:
             self._parse()
         except BaseException:
@@ -290,6 +295,9 @@ class ElfCore(PhysicalMemory):
             raise CorruptError(
                 f"program header {fit} of {phnum} is truncated or beyond the end of the file "
                 f"({r.size} bytes)", path=path, offset=phoff + fit * PHDR_SIZE)
+        if phnum > MAX_PHDRS:
+            raise UnsupportedError(f"{phnum} program headers, more than the {MAX_PHDRS} supported",
+                                   path=path, offset=_OFF_E_PHNUM)
         table = np.frombuffer(r.slice(phoff, phnum * PHDR_SIZE), dtype=PHDR_DTYPE).copy()
         self._phdrs = table
 
@@ -469,13 +477,17 @@ class ElfCore(PhysicalMemory):
     @property
     def segments(self) -> tuple[LoadSegment, ...]:
         """The ``PT_LOAD`` program headers with a physical address, in table order."""
-        t = self._phdrs
-        phoff = self.header.e_phoff
-        return tuple(
-            LoadSegment(int(i), phoff + int(i) * PHDR_SIZE, int(t["p_offset"][i]),
-                        int(t["p_vaddr"][i]), int(t["p_paddr"][i]), int(t["p_filesz"][i]),
-                        int(t["p_memsz"][i]), int(t["p_flags"][i]))
-            for i in self._load_idx)
+        if self._segments is None:
+            t = self._phdrs[self._load_idx]
+            phoff = self.header.e_phoff
+            self._segments = tuple(
+                LoadSegment(i, phoff + i * PHDR_SIZE, *row)
+                for i, row in zip(self._load_idx.tolist(),
+                                  zip(t["p_offset"].tolist(), t["p_vaddr"].tolist(),
+                                      t["p_paddr"].tolist(), t["p_filesz"].tolist(),
+                                      t["p_memsz"].tolist(), t["p_flags"].tolist(),
+                                      strict=True), strict=True))
+        return self._segments
 
     def absent_ranges(self) -> list[MemoryRange]:
         """Physical ranges ``[p_paddr + p_filesz, p_paddr + p_memsz)`` described by a PT_LOAD
