@@ -34,6 +34,7 @@ class RealFile:
     """One real dump file of the fixture matrix."""
 
     fixture: str
+    release: str          # the crashed kernel's release, from the fixture manifest
     key: str
     path: Path
     elf: Path | None
@@ -55,7 +56,7 @@ def load_real_files(keys: tuple[str, ...]) -> tuple[list[RealFile], str]:
             p = fx.path(key)
             if p is not None and Path(p).exists():
                 elf = fx.path(SOURCE_ELF[key])
-                out.append(RealFile(fx.name, key, Path(p),
+                out.append(RealFile(fx.name, fx.release, key, Path(p),
                                     Path(elf) if elf is not None and Path(elf).exists() else None))
     if not out:
         return [], (f"no real fixture provides {', '.join(keys)}: build them with "

@@ -399,6 +399,7 @@ def test_fixture_pages_match_drgn_and_vmcore(real: oracles.RealFile | None) -> N
             vmci = d.vmcoreinfo
             assert vmci is not None
             assert f"OSRELEASE={d.release}\n".encode() in vmci
+            assert d.release == real.release == d.info.release
             assert d.dump_level == 31
             assert any(n.name == "VMCOREINFO" for n in d.notes)
             pfns = oracles.sample_dumped_pfns(d, 200)
@@ -490,3 +491,11 @@ def test_many_cpus_is_not_corrupt() -> None:
     assert d.nr_cpus == 1024
     assert len(d.header.tasks) == (PS - 464) // 8
     assert d.read_page(1) == _pages()[1]
+
+
+def test_release_falls_back_to_vmcoreinfo() -> None:
+    # QEMU's kdump writer leaves utsname empty but carries VMCOREINFO
+    img = synth.build(_pages(), release="", vmcoreinfo=b"OSRELEASE=6.1.0-56-amd64\nPAGESIZE=4096\n")
+    d = _open(img.data)
+    assert d.release == ""
+    assert d.info.release == "6.1.0-56-amd64"

@@ -464,8 +464,9 @@ class DiskDump(PhysicalMemory):
         self._notes: list[Note] | None = None
 
         machine = h.utsname.machine or "unknown"
+        release = h.utsname.release or self._vmcoreinfo_release()
         self.info = DumpInfo(path=self.path, format=format, arch=machine, page_size=bs,
-                             nr_cpus=h.nr_cpus, release=h.utsname.release or None,
+                             nr_cpus=h.nr_cpus, release=release,
                              incomplete=self.incomplete, dump_level=sh.dump_level)
         self.info.extra.update(header_version=h.header_version, compression=h.compression,
                                phys_base=sh.phys_base, max_mapnr=self.max_mapnr,
@@ -533,8 +534,18 @@ class DiskDump(PhysicalMemory):
 
     @property
     def release(self) -> str:
-        """utsname release of the crashed kernel."""
+        """utsname release of the crashed kernel ("" if the writer left it empty, as QEMU does;
+        ``info.release`` then falls back to VMCOREINFO's OSRELEASE)."""
         return self.header.utsname.release
+
+    def _vmcoreinfo_release(self) -> str | None:
+        vmci = self.vmcoreinfo
+        if not vmci:
+            return None
+        for line in vmci.split(b"\n"):
+            if line.startswith(b"OSRELEASE="):
+                return line[len(b"OSRELEASE="):].decode("utf-8", "replace").strip() or None
+        return None
 
     @property
     def nr_cpus(self) -> int:
