@@ -449,3 +449,15 @@ def test_too_many_program_headers(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UnsupportedError) as ei:
         ElfCore.from_buffer(default_core().data, path="many")
     assert ei.value.offset == 0x38 and ei.value.path == "many"
+
+
+def test_contains_matches_reads() -> None:
+    core = ElfCore.from_buffer(default_core().data)
+    for paddr in range(0, 0x15000, 0x800):
+        for size in (1, 0x800, 0x1800):
+            try:
+                core.read(paddr, size)
+                readable = True
+            except NotInDumpError:
+                readable = False
+            assert core.contains(paddr, size) == readable, (hex(paddr), size)

@@ -393,12 +393,18 @@ class ElfCore(PhysicalMemory):
             else:
                 ranges.append(MemoryRange(s, e - s))
         self._ranges = tuple(ranges)
+        self._range_starts = [r.start for r in ranges]
 
     # -- PhysicalMemory -------------------------------------------------------------------------
 
     def ranges(self) -> Sequence[MemoryRange]:
         """Stored physical ranges, sorted and disjoint (``[p_filesz, p_memsz)`` tails excluded)."""
         return self._ranges
+
+    def contains(self, paddr: int, size: int = 1) -> bool:
+        """True if every byte of ``[paddr, paddr + size)`` is stored (O(log ranges))."""
+        i = bisect.bisect_right(self._range_starts, paddr) - 1
+        return i >= 0 and paddr + size <= self._ranges[i].end
 
     def _locate(self, paddr: int) -> int:
         i = bisect.bisect_right(self._starts, paddr) - 1
