@@ -151,11 +151,24 @@ def sample_excluded_pfns(dump: PhysicalMemory, elf: ElfPages, n: int, seed: int 
     return out
 
 
+def _makedumpfile() -> str:
+    if Path(MAKEDUMPFILE).exists():
+        return MAKEDUMPFILE
+    exe = shutil.which("makedumpfile")
+    if exe is None:
+        pytest.skip("makedumpfile is not installed (apt-get install makedumpfile)")
+    return exe
+
+
+def run_makedumpfile(args: list[str]) -> None:
+    """Run makedumpfile with ``args``; skips if it is not installed."""
+    subprocess.run([_makedumpfile(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   check=True, timeout=900)
+
+
 def makedumpfile_reassemble(flat: Path, out: Path) -> None:
     """``makedumpfile -R out < flat``; skips if makedumpfile is not installed."""
-    if not Path(MAKEDUMPFILE).exists() and shutil.which("makedumpfile") is None:
-        pytest.skip("makedumpfile is not installed (apt-get install makedumpfile)")
-    exe = MAKEDUMPFILE if Path(MAKEDUMPFILE).exists() else "makedumpfile"
+    exe = _makedumpfile()
     with open(flat, "rb") as fin:
         subprocess.run([exe, "-R", str(out)], stdin=fin, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, check=True, timeout=900)

@@ -499,3 +499,34 @@ def test_release_falls_back_to_vmcoreinfo() -> None:
     d = _open(img.data)
     assert d.release == ""
     assert d.info.release == "6.1.0-56-amd64"
+
+
+@pytest.mark.parametrize("real", oracles.real_params(("md_lzo",)))
+def test_fixture_split_files(real: oracles.RealFile | None, tmp_path: Path) -> None:
+    """makedumpfile --split of the fixture vmcore: each part holds its pfn range only, the parts
+    together hold exactly what the unsplit file holds, and every page equals drgn's."""
+    assert real is not None
+    if real.elf is None:
+        pytest.skip(f"{real.fixture} has no ELF vmcore to split")
+    parts = [tmp_path / f"part{i}" for i in range(3)]
+    oracles.run_makedumpfile(["--split", "--splitblock-size", "16", "-l", "-d", "31",
+                              str(real.elf), *map(str, parts)])
+    with DiskDump.open(real.path) as whole:
+        want = whole.dumped_pfns()
+    got = []
+    for part in parts:
+        drgn_read = oracles.drgn_reader(part)
+        assert drgn_read is not None
+        with DiskDump.open(part) as d:
+            assert d.split_range is not None
+            start, end = d.split_range
+            pfns = d.dumped_pfns()
+            assert ((pfns >= start) & (pfns < end)).all()
+            got.append(pfns)
+            for pfn in oracles.sample_dumped_pfns(d, 50):
+                assert d.read_page(pfn) == drgn_read(pfn * PS, PS)
+            outside = [p for p in want.tolist()[::97] if not start <= p < end][:10]
+            for pfn in outside:
+                with pytest.raises(NotInDumpError):
+                    d.read_page(pfn)
+    assert np.array_equal(np.concatenate(got), want)
