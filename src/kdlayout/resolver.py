@@ -381,21 +381,41 @@ def resolve(dump: PhysicalMemory | None, options: ResolveOptions | None = None,
 
 
 def _derived_facts(facts: list[Fact], statuses: list[SourceStatus]) -> list[Fact]:
-    """Facts computed from the others by :mod:`kdlayout.semantics`, when it can."""
-    try:
-        from . import semantics
-    except ImportError:
-        return []
-    derive = getattr(semantics, "derive_facts", None)
-    if derive is None:
-        return []
-    partial = merge(facts)
-    try:
-        derived: list[Fact] = derive(partial)
-    except KdlayoutError as exc:
-        statuses.append(SourceStatus("derived", "failed", str(exc)))
-        return []
-    statuses.append(SourceStatus("derived", "used", "rules in kdlayout.semantics", len(derived)))
+    """Facts computed from the others by :mod:`kdlayout.semantics`.
+
+    Each family of rules is derived on its own, so a kernel whose page types are not understood
+    still gets its memory model (and the failure is reported, not hidden).
+    """
+    from . import semantics as sem
+
+    view = sem.FactView(merge(facts))
+    derived: list[Fact] = []
+    failures: list[str] = []
+
+    def attempt(name: str, fn: Callable[[], tuple[object, list[Fact]]]) -> object | None:
+        try:
+            value, new = fn()
+        except KdlayoutError as exc:
+            failures.append(f"{name}: {exc}")
+            return None
+        derived.extend(new)
+        return value
+
+    page_types = attempt("page types", lambda: sem.derive_page_types(view))
+    memory = attempt("memory model", lambda: sem.derive_memory_model(view))
+    attempt("mapping bits", lambda: sem.derive_mapping_bits(view))
+    if isinstance(page_types, sem.PageTypes):
+        pt = page_types
+        attempt("slab", lambda: sem.derive_slab(view, pt))
+        attempt("compound pages", lambda: sem.derive_compound(view, pt))
+        attempt("free pages", lambda: sem.derive_free_pages(view, pt))
+    if isinstance(memory, sem.MemoryModelRules):
+        mm = memory
+        attempt("page flags", lambda: sem.derive_page_flags(view, mm))
+    detail = "rules in kdlayout.semantics"
+    if failures:
+        detail += "; not derived: " + "; ".join(failures)
+    statuses.append(SourceStatus("derived", "used" if derived else "failed", detail, len(derived)))
     return derived
 
 
