@@ -9,6 +9,7 @@ files (compared with makedumpfile -R + drgn and with the source ELF vmcore).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -433,3 +434,28 @@ def test_index_is_header_only(tmp_path: Path) -> None:
     ix = index_flattened(path)
     assert time.monotonic() - t0 < 0.5
     assert ix.nr_records == 1 and ix.image_size == big
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_mutated_streams_fail_cleanly(tmp_path_factory: pytest.TempPathFactory,
+                                      data: st.DataObject) -> None:
+    """Corrupting record headers anywhere gives a kdlayout error (or a readable dump), quickly."""
+    img = synth.build(_pages())
+    stream = bytearray(synth.flatten(img.data))
+    heads = [*index_flattened_positions(bytes(stream)), len(stream) - 16]
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.sampled_from(heads)) + data.draw(st.integers(0, 15))
+        stream[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.sampled_from([len(stream), len(stream) - 5, heads[2] + 20]))
+    path = tmp_path_factory.mktemp("mut") / "m.flat"
+    path.write_bytes(bytes(stream[:cut]))
+    t0 = time.monotonic()
+    try:
+        with open_flattened(path) as d:
+            for pfn in _pages():
+                with contextlib.suppress(NotInDumpError):
+                    d.read_page(pfn)
+    except (CorruptError, UnsupportedError) as exc:
+        assert exc.path == str(path) and exc.offset is not None
+    assert time.monotonic() - t0 < 2

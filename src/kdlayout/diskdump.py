@@ -439,7 +439,8 @@ class DiskDump(PhysicalMemory):
         if self.max_mapnr > half * 8:
             raise self._corrupt(f"bitmap_blocks {h.bitmap_blocks} ({half} bytes per bitmap) cannot "
                                 f"hold max_mapnr {self.max_mapnr:#x}", 436)
-        if self.bitmap_offset + bitmap_len > fsize and not self.incomplete:
+        if self.bitmap_offset + bitmap_len > fsize:
+            # (also for an incomplete dump: with its bitmaps cut short no page was written)
             raise self._corrupt(f"bitmaps ({bitmap_len} bytes at {self.bitmap_offset:#x}) run "
                                 f"past the end of the {fsize}-byte file", 436)
         nbytes = (self.max_mapnr + 7) // 8
@@ -469,6 +470,7 @@ class DiskDump(PhysicalMemory):
                              nr_cpus=h.nr_cpus, release=release,
                              incomplete=self.incomplete, dump_level=sh.dump_level)
         self.info.extra.update(header_version=h.header_version, compression=h.compression,
+                               excluded_vmemmap=bool(h.status & codecs.DUMP_DH_EXCLUDED_VMEMMAP),
                                phys_base=sh.phys_base, max_mapnr=self.max_mapnr,
                                num_dumpable=self.num_dumpable)
 
