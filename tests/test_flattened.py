@@ -459,3 +459,25 @@ def test_mutated_streams_fail_cleanly(tmp_path_factory: pytest.TempPathFactory,
     except (CorruptError, UnsupportedError) as exc:
         assert exc.path == str(path) and exc.offset is not None
     assert time.monotonic() - t0 < 2
+
+
+def test_truncated_at_every_record_boundary(tmp_path: Path) -> None:
+    stream = synth.flatten(synth.build(_pages()).data)
+    heads = index_flattened_positions(stream)
+    path = tmp_path / "t.flat"
+    t0 = time.monotonic()
+    for h in [*heads, len(stream) - 16]:
+        for cut in (h, h + 8, h + 16, h + 17):
+            if cut >= len(stream):
+                continue
+            path.write_bytes(stream[:cut])
+            with pytest.raises(CorruptError) as ei:
+                open_flattened(path)
+            # either the record at h is cut short, or the stream ends where a header should be
+            assert ei.value.offset == h, (h, cut, str(ei.value))
+            assert str(ei.value).startswith(f"{path}: offset {h:#x}: ")
+    for cut in (0, 1, 100, FLAT_HEADER_SIZE - 1):
+        path.write_bytes(stream[:cut])
+        with pytest.raises(CorruptError):
+            open_flattened(path)
+    assert time.monotonic() - t0 < 10
