@@ -51,8 +51,10 @@ def test_json_on_synthetic_core(tmp_path: Path) -> None:
     vi = d["vmcoreinfo"]
     assert vi["keys"] == 18 and vi["kernel_offset"] == 0x1E000000
     assert vi["symbols"]["init_uts_ns"] == 0xFFFFFFFF82C13440
+    assert d["cpus"] == [{"pid": 1, "rip": 0xFFFFFFFF81000000, "rsp": 0xFFFFC90000003F00},
+                         {"pid": 2, "rip": 0xFFFFFFFF81000000, "rsp": 0xFFFFC90000003F00}]
     assert set(d) == {"path", "format", "arch", "release", "release_source", "build_id",
-                      "crash_time", "page_size", "nr_cpus", "nr_cpus_source", "dump_level",
+                      "crash_time", "page_size", "nr_cpus", "nr_cpus_source", "cpus", "dump_level",
                       "incomplete", "memory", "notes", "vmcoreinfo", "extra"}
 
 

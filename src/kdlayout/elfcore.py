@@ -131,6 +131,8 @@ class _Reader:
 
     def slice(self, offset: int, size: int) -> memoryview:
         """Bytes ``[offset, offset + size)``; the caller has checked the bounds."""
+        if self.mv is None and self.fd is None:
+            raise ValueError(f"{self.path}: read after close()")
         if self.mv is not None:
             return self.mv[offset:offset + size]
         assert self.fd is not None

@@ -12,6 +12,7 @@ The JSON output (``--json``) is one object with these keys (stable; absent facts
 ``page_size``     bytes (VMCOREINFO ``PAGESIZE``, else the format's)
 ``nr_cpus``       number of ``NT_PRSTATUS`` notes, else the format header's CPU count
 ``nr_cpus_source``  ``"prstatus"``, ``"header"`` or ``null``
+``cpus``          ``[{"pid", "rip", "rsp"}]`` from each x86_64 ``NT_PRSTATUS`` (``pr_pid``, ``pr_reg``)
 ``dump_level``    makedumpfile dump level if the format records it
 ``incomplete``    true if the format marks the dump as incomplete
 ``memory``        ``{"count", "total_bytes", "total_pages", "ranges": [{"start", "end", "size"}]}``
@@ -32,7 +33,8 @@ import sys
 from typing import Any, TextIO
 
 from ..dumpfile import open_dump
-from ..notes import count_by_type, find_vmcoreinfo, prstatus_notes
+from ..errors import CorruptError
+from ..notes import count_by_type, decode_prstatus_x86_64, find_vmcoreinfo, prstatus_notes
 from ..physmem import PhysicalMemory
 from ..vmcoreinfo import VmcoreInfo
 
@@ -93,7 +95,16 @@ def collect(mem: PhysicalMemory) -> dict[str, Any]:
     if vi is not None and vi.crash_time is not None:
         crash_time = {"epoch": vi.crash_time, "iso": _iso(vi.crash_time)}
 
-    nprs = len(prstatus_notes(notes))
+    prs = prstatus_notes(notes)
+    nprs = len(prs)
+    cpus: list[dict[str, int]] = []
+    if info.arch == "x86_64":
+        for note in prs:
+            try:
+                pr = decode_prstatus_x86_64(note, path=info.path)
+            except CorruptError:
+                continue
+            cpus.append({"pid": pr.pr_pid, "rip": pr.pr_reg.rip, "rsp": pr.pr_reg.rsp})
     if nprs:
         nr_cpus, cpus_source = nprs, "prstatus"
     elif info.nr_cpus is not None:
@@ -129,6 +140,7 @@ def collect(mem: PhysicalMemory) -> dict[str, Any]:
         "page_size": page_size,
         "nr_cpus": nr_cpus,
         "nr_cpus_source": cpus_source,
+        "cpus": cpus,
         "dump_level": info.dump_level,
         "incomplete": info.incomplete,
         "memory": {
@@ -173,6 +185,10 @@ def print_text(d: dict[str, Any], out: TextIO, *, all_ranges: bool = False) -> N
     ]
     for k, v in rows:
         out.write(f"{k + ':':<12} {v}\n")
+        if k == "cpus":
+            for i, cpu in enumerate(d["cpus"]):
+                out.write(f"{'':12} NT_PRSTATUS {i}: pid {cpu['pid']}  rip {cpu['rip']:#x}  "
+                          f"rsp {cpu['rsp']:#x}\n")
     mem = d["memory"]
     out.write(f"\nmemory: {mem['count']} range(s), {mem['total_bytes']} bytes "
               f"({_size(mem['total_bytes'])}), {mem['total_pages']} pages\n")
