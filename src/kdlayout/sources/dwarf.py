@@ -554,6 +554,8 @@ class DwarfTypeSource:
         self.stats = DwarfStats()
         self.warnings: list[str] = []
         self.sections = read_elf_sections(buf, self.path)
+        self._whole = memoryview(buf)
+        self._views: list[memoryview] = []
         info = self._section(".debug_info")
         if info is None:
             raise MissingDataError("no .debug_info section (a stripped vmlinux? use the one from "
@@ -577,9 +579,14 @@ class DwarfTypeSource:
 
     def close(self) -> None:
         """Release the file mapping (the source cannot be used afterwards)."""
+        self._indexed.clear()
+        self._lookup_cache.clear()
+        self._abbrev_tables.clear()
+        for view in self._views:
+            view.release()
+        self._views.clear()
+        self._whole.release()
         if self._mmap is not None:
-            self._indexed.clear()
-            self._lookup_cache.clear()
             self._mmap.close()
             self._mmap = None
 
@@ -608,10 +615,8 @@ class DwarfTypeSource:
         if compressed or sec.flags & SHF_COMPRESSED:
             raw = bytes(self._buf[sec.offset:sec.offset + sec.size])
             return _Section(name, _decompress(raw, sec, self.path), sec.offset, True)
-        if isinstance(self._buf, mmap.mmap):
-            view: Buffer = memoryview(self._buf)[sec.offset:sec.offset + sec.size]
-        else:
-            view = memoryview(self._buf)[sec.offset:sec.offset + sec.size]
+        view = self._whole[sec.offset:sec.offset + sec.size]
+        self._views.append(view)
         return _Section(name, view, sec.offset, False)
 
     def _corrupt(self, exc: _Corrupt) -> CorruptError:
