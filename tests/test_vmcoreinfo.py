@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kdlayout.dumpfile import open_dump
 from kdlayout.errors import CorruptError, MissingDataError
-from kdlayout.notes import parse_notes
+from kdlayout.notes import find_vmcoreinfo, parse_notes
 from kdlayout.vmcoreinfo import VmcoreInfo
+from realdumps import fixture_params
 from synth import SAMPLE_VMCOREINFO, note_bytes
 
 
@@ -115,3 +120,42 @@ def test_random_bytes_never_raise(data: bytes) -> None:
         assert 7 <= w.offset <= 7 + len(data)
     for line in vi.lines:
         assert "=" not in line.key
+
+
+# -- real dumps: against drgn (libkdumpfile) and crash ---------------------------------------------
+
+@pytest.mark.parametrize(("fx", "key", "path"),
+                         fixture_params(("vmcore", "qemu_elf", "md_zlib", "md_flat")))
+def test_real_vmcoreinfo_matches_drgn_and_crash(fx: Any, key: str, path: Path) -> None:
+    with open_dump(path) as mem:
+        note = find_vmcoreinfo(mem.notes)
+        raw = mem.vmcoreinfo
+    if note is None and raw is None:
+        assert key == "qemu_elf", "kexec vmcores and makedumpfile outputs carry VMCOREINFO"
+        pytest.skip(f"{path.name}: QEMU dumped without the guest's VMCOREINFO")
+    if note is not None:
+        vi = VmcoreInfo.from_note(note, path=str(path))
+    else:
+        vi = VmcoreInfo.parse(raw or b"")
+    assert vi.warnings == (), vi.warnings
+    assert vi.osrelease == fx.release
+    assert vi.page_size == 4096
+    assert vi.symbol("init_uts_ns") is not None and vi.size("page") is not None
+    assert vi.kernel_offset is not None and vi.number("pgtable_l5_enabled") == 0
+    # the lines are the whole text, in order
+    text = (bytes(note.desc) if note is not None else raw or b"").split(b"\0", 1)[0].decode()
+    assert "".join(f"{ln.key}={ln.value}\n" for ln in vi.lines) == text
+
+    drgn = pytest.importorskip("drgn")
+    prog = drgn.Program()
+    prog.set_core_dump(str(path))
+    theirs = bytes(prog["VMCOREINFO"].value_()).split(b"\0", 1)[0].decode()
+    assert theirs == text
+    assert prog["UTS_RELEASE"].string_().decode() == vi.osrelease
+    assert prog["PAGE_SIZE"].value_() == vi.page_size
+
+    crash = shutil.which("crash")
+    if crash is not None and key == "vmcore":
+        out = subprocess.run([crash, "--osrelease", str(path)], capture_output=True, text=True,
+                             timeout=120, check=False)
+        assert out.stdout.strip() == vi.osrelease
