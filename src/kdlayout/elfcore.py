@@ -160,8 +160,8 @@ class _Reader:
 def parse_elf_header(data: bytes | memoryview, file_size: int, *, path: str) -> ElfHeader:
     """Parse and validate an ``Elf64_Ehdr`` of an x86_64 little-endian core.
 
-    ``data`` holds at least the first 64 bytes of the file (fewer means the file is truncated).
-    Resolves ``PN_XNUM`` only if ``data`` holds the section header too (see :func:`_read_xnum`).
+    ``data`` holds the first 64 bytes of the file (fewer means the file is truncated). The
+    returned ``e_phnum`` may still be ``PN_XNUM``; the reader resolves it from section header 0.
     """
     if file_size == 0:
         raise CorruptError("empty file, not an ELF core", path=path, offset=0)
