@@ -530,3 +530,20 @@ def test_fixture_split_files(real: oracles.RealFile | None, tmp_path: Path) -> N
                 with pytest.raises(NotInDumpError):
                     d.read_page(pfn)
     assert np.array_equal(np.concatenate(got), want)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+def test_older_header_versions(version: int) -> None:
+    pages = _pages()
+    img = synth.build(pages, header_version=version)
+    data = bytearray(img.data)
+    if version < 6:
+        # a v1-5 writer has no max_mapnr_64: a value there must be ignored
+        struct.pack_into("<Q", data, PS + synth.SUB_FIELD["max_mapnr_64"], 1 << 40)
+    d = _open(data)
+    assert d.header.header_version == version
+    assert d.max_mapnr == 64
+    assert (d.vmcoreinfo is not None) == (version >= 3)
+    assert (len(d.notes) > 0) == (version >= 4)
+    assert (d.sub_header.max_mapnr_64 is None) == (version < 6)
+    assert d.read_page(40) == pages[40]
