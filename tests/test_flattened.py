@@ -481,3 +481,18 @@ def test_truncated_at_every_record_boundary(tmp_path: Path) -> None:
         with pytest.raises(CorruptError):
             open_flattened(path)
     assert time.monotonic() - t0 < 10
+
+
+def test_cli_reassemble(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kdlayout.cli import main
+    img = synth.build(_pages())
+    flat = _write(tmp_path, synth.flatten(img.data))
+    out = tmp_path / "out.kdump"
+    assert main(["reassemble", str(flat), str(out)]) == 0
+    assert out.read_bytes() == bytes(img.data)
+    assert main(["reassemble", str(flat), str(flat)]) == 2
+    bad = _write(tmp_path, synth.flatten(img.data)[:-16], "bad.flat")
+    assert main(["reassemble", str(bad), str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "is the source" in err[0] and "end marker" in err[1]
+    assert not (tmp_path / "o2").exists()

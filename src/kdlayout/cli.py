@@ -20,6 +20,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("info", "info"),
     ("resolve", "resolve"),
     ("db", "db"),
+    ("reassemble", "reassemble"),
 )
 
 EXIT_ERROR = 2
