@@ -397,7 +397,7 @@ class DiskDump(PhysicalMemory):
         # sub header
         sub_off = bs
         sub_area = h.sub_hdr_size * bs
-        if sub_area > fsize:
+        if sub_off + sub_area > fsize:
             raise self._corrupt(f"sub_hdr_size {h.sub_hdr_size} blocks runs past the end of the "
                                 f"{fsize}-byte file", 432)
         sub_raw = source.read_at(sub_off, min(SUB_HEADER_SIZE, sub_area))
