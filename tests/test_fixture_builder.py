@@ -222,7 +222,8 @@ def _readelf_vmcoreinfo(path: Path) -> dict[str, str]:
     lines = out.splitlines()
     for i, line in enumerate(lines):
         if line.split()[:1] == ["VMCOREINFO"]:
-            for follow in lines[i + 1:i + 3]:
+            # with -W the hex dump is on the same line, otherwise on the next one
+            for follow in lines[i:i + 3]:
                 if "description data:" in follow:
                     hexdata = follow.split("description data:", 1)[1].split()
                     text = bytes(int(h, 16) for h in hexdata).decode("ascii", "replace")
@@ -315,3 +316,60 @@ def test_manifest_consistent(fixture: Fixture) -> None:
 
 def test_not_built_reason_is_stable() -> None:
     assert NOT_BUILT == "fixture matrix not built: run python tools/build_fixtures.py"
+
+
+def _pt_loads(path: Path) -> list[tuple[int, int, int]]:
+    """(file offset, physical address, file size) of each PT_LOAD, as readelf -l reports them."""
+    out = subprocess.run(["readelf", "-W", "-l", str(path)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LC_ALL": "C"}).stdout
+    return [(int(p[1], 16), int(p[3], 16), int(p[4], 16))
+            for p in (ln.split() for ln in out.splitlines()) if p[:1] == ["LOAD"]]
+
+
+def _read_phys(path: Path, loads: list[tuple[int, int, int]], paddr: int, size: int) -> bytes | None:
+    for off, start, filesz in loads:
+        if start <= paddr and paddr + size <= start + filesz:
+            with open(path, "rb") as f:
+                f.seek(off + paddr - start)
+                return f.read(size)
+    return None
+
+
+# (workload kind, fill seed, bytes per reported pfn): the content workload.c wrote.
+PATTERNS = [("anon", 0x5A, 4096), ("thp", 0x33, 2 << 20), ("hugetlb", 0x77, 2 << 20)]
+
+
+@needs_readelf
+@pytest.mark.parametrize("key", ["vmcore", "qemu_elf"])
+def test_workload_pages_hold_their_pattern(fixture: Fixture, key: str) -> None:
+    """Pages the guest filled with a known pattern read back from the dump at their reported PFNs."""
+    path = fixture.path(key)
+    if path is None:
+        pytest.skip(f"{fixture.name}: {key} not built")
+    loads = _pt_loads(path)
+    checked = 0
+    for kind, seed, stride in PATTERNS:
+        rec = fixture.workload.get(kind)
+        if not isinstance(rec, dict):
+            continue
+        pages = rec["bytes"] // 4096
+        n = rec["bytes"] // stride
+        step = n // 8 if n > 8 else 1
+        for k, pfn in enumerate(rec["pfns"]):
+            if not pfn:
+                continue
+            idx = k * step * (stride // 4096)  # index of this 4 KiB page inside the region
+            assert idx < pages
+            data = _read_phys(path, loads, pfn * 4096, 4096)
+            assert data is not None, f"{kind} pfn {pfn:#x} not in any PT_LOAD"
+            assert int.from_bytes(data[:8], "little") == 0x4B444C0000000000 | idx, (kind, k, pfn)
+            assert data[8:] == bytes([(seed ^ idx) & 0xFF]) * 4088, (kind, k, pfn)
+            checked += 1
+    zero = fixture.workload.get("anon_zero")
+    if isinstance(zero, dict):
+        for pfn in zero["pfns"]:
+            if pfn:
+                data = _read_phys(path, loads, pfn * 4096, 4096)
+                assert data == bytes(4096), ("anon_zero", pfn)
+                checked += 1
+    assert checked >= 8

@@ -268,13 +268,13 @@ def _cpio(src: Path, out: Path) -> None:
             raise RuntimeError(f"cpio/gzip of {src} failed")
 
 
-def workload_binary(cache: Path) -> Path:
-    """Compile tools/guest/workload.c statically (cached by source mtime)."""
-    src = GUEST / "workload.c"
-    out = cache / "build" / "workload"
+def guest_binary(cache: Path, name: str) -> Path:
+    """Compile tools/guest/<name>.c statically (cached by source mtime)."""
+    src = GUEST / f"{name}.c"
+    out = cache / "build" / name
     if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"workload.{os.getpid()}.{threading.get_ident()}")
+        tmp = out.with_name(f"{name}.{os.getpid()}.{threading.get_ident()}")
         subprocess.run(["gcc", "-static", "-O2", "-o", str(tmp), str(src)], check=True)
         os.replace(tmp, out)
     return out
@@ -299,6 +299,7 @@ def build_initrds(work: Path, crashed: KernelTree, capture: KernelTree, init_var
         shutil.rmtree(cap)
     base(cap)
     notes += [f"capture {n}" for n in stage_modules(capture, CAPTURE_MODULES, cap, {})]
+    shutil.copy2(guest_binary(cache, "vmcore_copy"), cap / "bin" / "vmcore_copy")
     cap_img = work / "capture-initrd.img"
     _cpio(cap, cap_img)
 
@@ -313,7 +314,7 @@ def build_initrds(work: Path, crashed: KernelTree, capture: KernelTree, init_var
     shutil.copy2(cap_img, main / "capture" / "initrd.img")
     _copy_with_libs("/usr/sbin/kexec", main)
     (main / "sbin" / "kexec").unlink(missing_ok=True)
-    shutil.copy2(workload_binary(cache), main / "bin" / "workload")
+    shutil.copy2(guest_binary(cache, "workload"), main / "bin" / "workload")
     img = work / "initrd.img"
     _cpio(main, img)
     shutil.rmtree(main)
@@ -535,7 +536,8 @@ def run_makedumpfile(fdir: Path, files: dict[str, str | None], cache: Path, timi
         else:
             tmp.unlink(missing_ok=True)
             files[key] = None
-            notes.append(f"{key}: makedumpfile exit {r.returncode}")
+            if not disabled:
+                notes.append(f"{key}: makedumpfile exit {r.returncode}")
         timings[key] = round(time.monotonic() - t, 1)
 
     run("md_zlib", [*host, "--message-level", "31", "-c", "-d", "31"], "md_zlib.kdump")
@@ -658,7 +660,9 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
         t = time.monotonic()
         serial.send("crash\n")
         serial.wait_for(r"KDL-STAGE capture", 300)
-        line = serial.wait_for(r"KDL-VMCORE-SIZE \d+", 120)
+        line = serial.wait_for(r"KDL-VMCORE-(SIZE \d+|FAILED)", 300)
+        if "FAILED" in line:
+            raise RuntimeError(f"capture kernel: {line.strip()}")
         size = int(line.split("KDL-VMCORE-SIZE", 1)[1].split()[0])
         done = serial.wait_for(r"KDL-VMCORE-(DONE|FAILED)", 1800)
         if "FAILED" in done:

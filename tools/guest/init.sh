@@ -33,14 +33,19 @@ if [ -e /proc/vmcore ]; then
     load_modules
     i=0
     while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
-    SIZE=$(stat -c %s /proc/vmcore)
-    echo "KDL-VMCORE-SIZE $SIZE"
-    # zero blocks become holes on the host (detect-zeroes=unmap)
-    if dd if=/proc/vmcore of=/dev/vda bs=1M 2>/tmp/dd.err; then
-        sync
-        echo "KDL-VMCORE-DONE"
+    if [ -x /bin/vmcore_copy ]; then
+        # mmap-based copy, zero blocks left as holes; prints KDL-VMCORE-SIZE/DONE/FAILED
+        /bin/vmcore_copy /proc/vmcore /dev/vda
     else
-        echo "KDL-VMCORE-FAILED $(tail -n 1 /tmp/dd.err)"
+        SIZE=$(stat -c %s /proc/vmcore)
+        echo "KDL-VMCORE-SIZE $SIZE"
+        # zero blocks become holes on the host (detect-zeroes=unmap)
+        if dd if=/proc/vmcore of=/dev/vda bs=1M 2>/tmp/dd.err; then
+            sync
+            echo "KDL-VMCORE-DONE"
+        else
+            echo "KDL-VMCORE-FAILED $(tail -n 1 /tmp/dd.err)"
+        fi
     fi
     sync
     poweroff -f
