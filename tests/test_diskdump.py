@@ -547,3 +547,37 @@ def test_older_header_versions(version: int) -> None:
     assert (len(d.notes) > 0) == (version >= 4)
     assert (d.sub_header.max_mapnr_64 is None) == (version < 6)
     assert d.read_page(40) == pages[40]
+
+
+def test_read_pages_and_view_in_bulk() -> None:
+    pages = _pages()
+    d = _open(synth.build(pages, raw_pfns=[2]).data)
+    pfns = np.array([10, 0, 5, 41, 2, 10, 63])
+    arr = d.read_pages(pfns)
+    assert arr.shape == (7, PS)
+    for row, pfn in zip(arr, pfns.tolist(), strict=True):
+        assert row.tobytes() == pages[pfn]
+    with pytest.raises(NotInDumpError) as ei:
+        d.read_pages(np.array([0, 4]))
+    assert ei.value.paddr == 4 * PS
+    v = d.view(PS + 100, 2 * PS)
+    assert not v.flags.writeable
+    assert v.tobytes() == (pages[1] + pages[2] + pages[3])[100:100 + 2 * PS]
+    with pytest.raises(NotInDumpError):
+        d.view(2 * PS, 3 * PS)                # pfn 4 is not dumped
+    assert d.read(40 * PS, 2 * PS) == pages[40] + bytes(PS)
+
+
+@pytest.mark.parametrize("real", oracles.real_params(("md_zlib",)))
+def test_fixture_bulk_view_matches_drgn(real: oracles.RealFile | None) -> None:
+    assert real is not None
+    drgn_read = oracles.drgn_reader(real.path)
+    assert drgn_read is not None
+    with DiskDump.open(real.path) as d:
+        biggest = max(d.ranges(), key=lambda r: r.size)
+        size = min(biggest.size, 8 << 20)
+        t0 = time.monotonic()
+        v = d.view(biggest.start, size)
+        elapsed = time.monotonic() - t0
+        assert v.tobytes() == drgn_read(biggest.start, size)
+        print(f"{real.fixture}: view of {size >> 20} MiB in {elapsed:.3f}s")

@@ -65,6 +65,8 @@ _32BIT_MACHINES: Final = frozenset({"i386", "i486", "i586", "i686", "arm", "armv
 PAGE_CACHE_PAGES: Final = 256
 #: Reads of at most this many pages fill the page cache (bigger ones would only flush it).
 _CACHE_READS_UP_TO: Final = 16
+#: Descriptor table spans up to this many bytes are read in one piece by read_pages().
+_DESC_SPAN_READ: Final = 8 << 20
 #: Bitmap bytes unpacked at a time when finding runs (bounded memory for huge dumps).
 _RUN_CHUNK: Final = 1 << 22
 
@@ -463,6 +465,8 @@ class DiskDump(PhysicalMemory):
         self._cache: LRUCache[int, bytes] = LRUCache(maxsize=PAGE_CACHE_PAGES)
         self._ranges: list[MemoryRange] | None = None
         self._notes: list[Note] | None = None
+        self._zero_offset: int | None = None
+        self._zero_checked = False
 
         machine = h.utsname.machine or "unknown"
         release = h.utsname.release or self._vmcoreinfo_release()
@@ -716,26 +720,80 @@ class DiskDump(PhysicalMemory):
                 page = self._decode(first, k, off, dsize, flags)
                 self._cache[first] = page
             return page[lo:lo + size] if size < ps else page
-        n = last - first + 1
         if not self._rank.test(np.arange(first, last + 1, dtype=np.int64)).all():
             raise self._not_in_dump(paddr, size)
-        k0 = self._rank_one(first)
-        desc = self.descriptors(k0, n)
-        offs = desc["offset"].tolist()
-        sizes = desc["size"].tolist()
-        flags_ = desc["flags"].tolist()
-        keep = n <= _CACHE_READS_UP_TO
-        parts = []
-        for i in range(n):
-            pfn = first + i
+        pages = self.read_pages(np.arange(first, last + 1, dtype=np.int64))
+        return pages.reshape(-1)[lo:lo + size].tobytes()
+
+    def view(self, paddr: int, size: int) -> np.ndarray:
+        """``size`` bytes at ``paddr`` as a read-only uint8 array (pages decompressed in bulk)."""
+        if size <= 0 or paddr < 0:
+            return np.frombuffer(self.read(paddr, size), dtype=np.uint8)
+        ps = self.page_size
+        first, last = paddr // ps, (paddr + size - 1) // ps
+        if first == last or last >= self.max_mapnr:
+            return np.frombuffer(self.read(paddr, size), dtype=np.uint8)
+        pfns = np.arange(first, last + 1, dtype=np.int64)
+        if not self._rank.test(pfns).all():
+            raise self._not_in_dump(paddr, size)
+        lo = paddr - first * ps
+        out: np.ndarray = self.read_pages(pfns).reshape(-1)[lo:lo + size]
+        out.flags.writeable = False
+        return out
+
+    def read_pages(self, pfns: np.ndarray) -> np.ndarray:
+        """The pages at ``pfns`` as a ``(len(pfns), page_size)`` uint8 array.
+
+        Descriptors are looked up in bulk (numpy rank) and pages that use the shared zero page
+        are left zero without touching the file; only the other pages are decompressed, one by
+        one. Raises :class:`NotInDumpError` for the first pfn that is not dumped.
+        """
+        pfns = np.asarray(pfns, dtype=np.int64).reshape(-1)
+        ps = self.page_size
+        out = np.zeros((pfns.size, ps), dtype=np.uint8)
+        if pfns.size == 0:
+            return out
+        k = self.desc_index(pfns)
+        if (k < 0).any():
+            bad = int(pfns[int(np.flatnonzero(k < 0)[0])])
+            raise self._not_in_dump(max(bad, 0) * ps, ps)
+        desc = self._gather_descriptors(k)
+        offs = desc["offset"].astype(np.int64)
+        zero = self._zero_page_offset()
+        todo = np.flatnonzero(~((offs == zero) & (desc["flags"] == 0) & (desc["size"] == ps))
+                              if zero is not None else np.ones(pfns.size, dtype=bool))
+        keep = pfns.size <= _CACHE_READS_UP_TO
+        pl, kl = pfns[todo].tolist(), k[todo].tolist()
+        ol, sl, fl = offs[todo].tolist(), desc["size"][todo].tolist(), desc["flags"][todo].tolist()
+        for i, pfn, kk, off, dsize, flags in zip(todo.tolist(), pl, kl, ol, sl, fl, strict=True):
             page = self._cache.get(pfn)
             if page is None:
-                page = self._decode(pfn, k0 + i, offs[i], sizes[i], flags_[i])
+                page = self._decode(pfn, kk, off, dsize, flags)
                 if keep:
                     self._cache[pfn] = page
-            parts.append(page)
-        buf = b"".join(parts)
-        return buf[lo:lo + size]
+            out[i] = np.frombuffer(page, dtype=np.uint8)
+        return out
+
+    def _gather_descriptors(self, k: np.ndarray) -> np.ndarray:
+        """Descriptors number ``k`` (any order, repeats allowed) with bounded reads."""
+        kmin, kmax = int(k.min()), int(k.max())
+        if (kmax - kmin + 1) * PAGE_DESC_SIZE <= _DESC_SPAN_READ:
+            span: np.ndarray = self.descriptors(kmin, kmax - kmin + 1)[k - kmin]
+            return span
+        uniq, inverse = np.unique(k, return_inverse=True)
+        parts = [self.descriptors(int(u), 1) for u in uniq.tolist()]
+        out: np.ndarray = np.concatenate(parts)[inverse]
+        return out
+
+    def _zero_page_offset(self) -> int | None:
+        """File offset of makedumpfile's shared zero page (written right after the descriptor
+        table), if the page stored there is all zeros; checked once."""
+        if not self._zero_checked:
+            raw = self.source.read_at(self.desc_end, self.page_size)
+            ok = len(raw) == self.page_size and not any(raw)
+            self._zero_offset = self.desc_end if ok else None
+            self._zero_checked = True
+        return self._zero_offset
 
     def read_page(self, pfn: int) -> bytes:
         """The whole page at ``pfn``; :class:`NotInDumpError` if it is not dumped."""
