@@ -449,6 +449,14 @@ def derive_page_types(facts: FactMapping | FactView) -> tuple[PageTypes, list[Fa
     return PageTypes(scheme, field_offset, field_size, base, tuple(rules)), out.facts
 
 
+def _page_types_or_none(view: FactView) -> PageTypes | None:
+    """The page types when the facts allow; None when they do not (5.x BTF without VMCOREINFO)."""
+    try:
+        return derive_page_types(view)[0]
+    except UnsupportedError:
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Slab
 
@@ -480,8 +488,8 @@ def derive_slab(facts: FactMapping | FactView,
     view = _view(facts)
     out = _Derived(view)
     if page_types is None:
-        page_types, _ = derive_page_types(view)
-    rule = page_types.get("slab")
+        page_types = _page_types_or_none(view)
+    rule = page_types.get("slab") if page_types is not None else None
     if rule is not None:
         out.add("slab.marker", str(SlabMarker.PAGE_TYPE), C_FREE_PG_SLAB,
                 ["NUMBER(PGTY_slab)", "NUMBER(PG_slab)", "NUMBER(PAGE_SLAB_MAPCOUNT_VALUE)"])
@@ -689,9 +697,9 @@ def derive_compound(facts: FactMapping | FactView,
 
     # HugeTLB.
     if page_types is None:
-        page_types, _ = derive_page_types(view)
+        page_types = _page_types_or_none(view)
     hugetlb: HugetlbRule | None = None
-    ht = page_types.get("hugetlb")
+    ht = page_types.get("hugetlb") if page_types is not None else None
     pg_hugetlb = view.number("PG_hugetlb")
     dtor_id = view.number("HUGETLB_PAGE_DTOR")
     if ht is not None:
