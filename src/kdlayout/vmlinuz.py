@@ -140,8 +140,10 @@ def _lzma(data: memoryview, limit: int, source: str, offset: int, fmt: int) -> b
     out = d.decompress(data, limit + 1)
     if len(out) > limit:
         raise _too_big(source, offset, limit)
-    if not d.eof and fmt == lzma.FORMAT_XZ:
-        raise CorruptError("xz stream truncated", path=source, offset=offset)
+    if not d.eof:
+        # The kernel's .lzma payloads are written with an end marker, so they reach eof.
+        raise CorruptError(f"{'xz' if fmt == lzma.FORMAT_XZ else 'lzma'} stream truncated",
+                           path=source, offset=offset)
     return out
 
 
