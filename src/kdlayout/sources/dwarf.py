@@ -26,6 +26,7 @@ drgn's own indexer; it is a fast alternative and an independent cross-check, not
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import struct
@@ -177,6 +178,8 @@ PRIORITY_CUS: tuple[str, ...] = (
 #: Bounds for the string-search fallback: units decoded and seconds spent per missing name.
 FALLBACK_MAX_UNITS = 256
 FALLBACK_MAX_SECONDS = 30.0
+# Bytes of each unit's top DIE searched for its DW_AT_name.
+_HEAD_BYTES = 256
 # Type chains longer than this are treated as corrupt (cycles in malformed input).
 _MAX_CHAIN = 64
 
@@ -515,13 +518,20 @@ class DwarfTypeSource:
 
     ``DwarfTypeSource(path)`` maps the file; :meth:`from_buffer` parses bytes already in memory.
     Nothing is decoded until the first question (apart from the ELF section table).
+
+    ``thorough=True`` also searches ``.debug_info`` for long names written inline
+    (``DW_FORM_string``) before declaring a type absent; GCC and LLVM never do that, so by default
+    a name longer than a string offset that is not in ``.debug_str`` is absent at once. The
+    fallback search stops after ``fallback_max_units`` units or ``fallback_max_seconds`` per name
+    (a warning is added to :attr:`warnings`).
     """
 
     kind = "dwarf"
 
     def __init__(self, path: str | os.PathLike[str], *,
                  fallback_max_units: int = FALLBACK_MAX_UNITS,
-                 fallback_max_seconds: float = FALLBACK_MAX_SECONDS) -> None:
+                 fallback_max_seconds: float = FALLBACK_MAX_SECONDS,
+                 thorough: bool = False) -> None:
         self.path = os.fspath(path)
         try:
             with open(self.path, "rb") as f:
@@ -532,23 +542,25 @@ class DwarfTypeSource:
                 self._mmap: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as e:
             raise MissingDataError(f"cannot open vmlinux: {e.strerror}", path=self.path) from None
-        self._setup(self._mmap, fallback_max_units, fallback_max_seconds)
+        self._setup(self._mmap, fallback_max_units, fallback_max_seconds, thorough)
 
     @classmethod
     def from_buffer(cls, data: Buffer, *, path: str = "<memory>",
                     fallback_max_units: int = FALLBACK_MAX_UNITS,
-                    fallback_max_seconds: float = FALLBACK_MAX_SECONDS) -> DwarfTypeSource:
+                    fallback_max_seconds: float = FALLBACK_MAX_SECONDS,
+                    thorough: bool = False) -> DwarfTypeSource:
         """A source over an ELF image already in memory (``path`` is only used in messages)."""
         self = cls.__new__(cls)
         self.path = path
         self._mmap = None
         if isinstance(data, memoryview | bytearray):
             data = bytes(data)
-        self._setup(data, fallback_max_units, fallback_max_seconds)
+        self._setup(data, fallback_max_units, fallback_max_seconds, thorough)
         return self
 
-    def _setup(self, buf: Buffer, max_units: int, max_seconds: float) -> None:
+    def _setup(self, buf: Buffer, max_units: int, max_seconds: float, thorough: bool) -> None:
         self._buf = buf
+        self.thorough = thorough
         self.fallback_max_units = max_units
         self.fallback_max_seconds = max_seconds
         self.stats = DwarfStats()
@@ -568,6 +580,7 @@ class DwarfTypeSource:
         self._units: list[UnitInfo] | None = None
         self._unit_names: dict[int, str | None] = {}
         self._file_units: dict[str, UnitInfo | None] = {}
+        self._heads: tuple[bytes, list[int]] | None = None
         self._indexed: dict[int, _Unit] = {}
         # Explicitly keyed caches: (abbrev offset, code) -> _Abbrev; lookups by (kind, name).
         self._abbrev_tables: cachetools.LRUCache[int, _AbbrevTable] = cachetools.LRUCache(
@@ -637,6 +650,12 @@ class DwarfTypeSource:
             off = getattr(self, "_pos", 0)
             raise CorruptError(f".debug_info+{off:#x}: DWARF data ends inside a record "
                                f"(truncated or malformed: {e})", path=self.path,
+                               offset=self._info.where(off)) from None
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            # A value of the wrong shape for its attribute (a block where a constant belongs, ...)
+            off = getattr(self, "_pos", 0)
+            raise CorruptError(f".debug_info+{off:#x}: malformed DWARF attribute near this DIE "
+                               f"({type(e).__name__}: {e})", path=self.path,
                                offset=self._info.where(off)) from None
         except RecursionError:
             off = getattr(self, "_pos", 0)
@@ -954,18 +973,19 @@ class DwarfTypeSource:
                     patterns.extend(st.to_bytes(o, "little") for o in osizes)
                 pos = _find_in(sec, needle, pos + 1)
         patterns.append(needle)
+        heads, head_starts = self._unit_heads()
+        units = self._scan_units()
         checked = 0
         for pat in patterns:
-            pos = _find_in(self._info, pat, 0)
-            while pos >= 0 and found is None and checked < 64:
-                info = self._unit_at(pos)
-                # The name is an attribute of the top DIE: close to the unit header.
-                if pos < info.die_offset + 512 and info.unit_type in (UT_COMPILE, UT_PARTIAL):
+            pos = heads.find(pat)
+            while pos >= 0 and checked < 64:
+                info = units[bisect.bisect_right(head_starts, pos) - 1]
+                if info.unit_type in (UT_COMPILE, UT_PARTIAL):
                     checked += 1
                     if self._file_matches(self.unit_name(info), suffix):
                         found = info
                         break
-                pos = _find_in(self._info, pat, pos + 1)
+                pos = heads.find(pat, pos + 1)
             if found is not None:
                 break
         if found is None and len(self._str_offsets):
@@ -976,11 +996,34 @@ class DwarfTypeSource:
         self._file_units[suffix] = found
         return found
 
+    def _unit_heads(self) -> tuple[bytes, list[int]]:
+        """The first ``_HEAD_BYTES`` of every unit's top DIE, concatenated, and where each starts.
+
+        A unit's DW_AT_name sits in its top DIE, so searching this small buffer (about 0.3% of
+        ``.debug_info`` for a kernel) finds a source file's unit without touching the rest.
+        """
+        if self._heads is None:
+            data = self._info.data
+            parts: list[bytes] = []
+            starts: list[int] = []
+            at = 0
+            for info in self._scan_units():
+                chunk = bytes(data[info.die_offset:min(info.end, info.die_offset + _HEAD_BYTES)])
+                starts.append(at)
+                parts.append(chunk)
+                at += len(chunk)
+            self._heads = (b"".join(parts), starts)
+        return self._heads
+
     def _mentioned(self, name: str) -> bool:
         """False only when ``name`` provably names no DIE: the string is nowhere to be found."""
         needle = name.encode() + b"\0"
         if _find_in(self._str, needle, 0) >= 0 or len(self._str_offsets):
             return True
+        if not self.thorough and len(needle) > max(u.offset_size for u in self._scan_units()):
+            # GCC (with the linker merging .debug_str) and LLVM write a name inline only when it
+            # is no longer than a string offset; longer names live in .debug_str.
+            return False
         return _find_in(self._info, needle, 0) >= 0
 
     def _index_unit(self, info: UnitInfo) -> _Unit:
