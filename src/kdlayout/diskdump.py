@@ -115,13 +115,16 @@ class FileSource:
 
     @property
     def path(self) -> str:
+        """The file named in error messages."""
         return self._path
 
     @property
     def size(self) -> int:
+        """Length of the image in bytes."""
         return self._size
 
     def read_at(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset``; shorter only at the end."""
         if self._map is None or offset >= self._size or n <= 0 or offset < 0:
             return b""
         return self._map[offset:offset + n]
@@ -131,9 +134,11 @@ class FileSource:
         return memoryview(self._map) if self._map is not None else memoryview(b"")
 
     def locate(self, offset: int) -> int | None:
+        """The file offset of image byte ``offset`` (the same offset here)."""
         return offset
 
     def close(self) -> None:
+        """Release the file."""
         if self._map is not None:
             with contextlib.suppress(BufferError):  # a view is still alive; the GC will unmap
                 self._map.close()
@@ -150,21 +155,26 @@ class BytesSource:
 
     @property
     def path(self) -> str:
+        """The file named in error messages."""
         return self._path
 
     @property
     def size(self) -> int:
+        """Length of the image in bytes."""
         return len(self._data)
 
     def read_at(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset``; shorter only at the end."""
         if offset < 0 or n <= 0:
             return b""
         return bytes(self._data[offset:offset + n])
 
     def locate(self, offset: int) -> int | None:
+        """The file offset of image byte ``offset`` (the same offset here)."""
         return offset
 
     def close(self) -> None:
+        """Release the file."""
         pass
 
 
@@ -212,6 +222,7 @@ class DiskDumpHeader:
 
     @property
     def incomplete(self) -> bool:
+        """DUMP_DH_COMPRESSED_INCOMPLETE: makedumpfile ran out of space while writing."""
         return bool(self.status & codecs.DUMP_DH_COMPRESSED_INCOMPLETE)
 
 
@@ -555,18 +566,22 @@ class DiskDump(PhysicalMemory):
 
     @property
     def nr_cpus(self) -> int:
+        """CPUs of the crashed machine (header ``nr_cpus``)."""
         return self.header.nr_cpus
 
     @property
     def dump_level(self) -> int:
+        """makedumpfile's ``-d`` dump level (sub header)."""
         return self.sub_header.dump_level
 
     @property
     def phys_base(self) -> int:
+        """The kernel ``phys_base`` the writer recorded (sub header)."""
         return self.sub_header.phys_base
 
     @property
     def vmcoreinfo(self) -> bytes | None:
+        """The VMCOREINFO text the sub header points at, if any."""
         if self._vmcoreinfo_area is None:
             return None
         off, size = self._vmcoreinfo_area
@@ -587,6 +602,7 @@ class DiskDump(PhysicalMemory):
 
     @property
     def notes(self) -> Sequence[Note]:
+        """The ELF notes of the sub header's note area (header_version 4+)."""
         if self._notes is None:
             if self._note_area is None:
                 self._notes = []

@@ -71,6 +71,7 @@ class FlatIndex:
 
     @property
     def nr_records(self) -> int:
+        """Number of data records in the file."""
         return int(self.rec_offset.size)
 
 
@@ -226,10 +227,12 @@ class FlatSource:
 
     @property
     def path(self) -> str:
+        """The flattened file (named in error messages)."""
         return self._path
 
     @property
     def size(self) -> int:
+        """Size of the virtual image (end of the furthest record)."""
         return self.index.image_size
 
     def read_at(self, offset: int, n: int) -> bytes:

@@ -13,6 +13,7 @@ from ..flattened import reassemble
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``reassemble`` subcommand."""
     p = sub.add_parser("reassemble", help="rewrite a flattened dump as a kdump-compressed file",
                        description="Rewrite a flattened dump (makedumpfile -F, QEMU "
                                    "dump-guest-memory kdump-*) as the kdump-compressed file it "
