@@ -1,8 +1,8 @@
 """VMCOREINFO: the ``KEY=VALUE`` text the crashed kernel exports about its own layout.
 
-The kernel builds this text at boot (``kernel/vmcore_info.c``, ``kernel/crash_core.c`` before
-v6.9, plus ``arch_crash_save_vmcoreinfo()``) and appends ``CRASHTIME`` at crash time. One entry per
-line; the key families and the printf formats the kernel uses are:
+The kernel builds this text at boot (``kernel/vmcore_info.c``, ``kernel/crash_core.c`` in older
+kernels, plus ``arch_crash_save_vmcoreinfo()``) and appends ``CRASHTIME`` at crash time. One entry
+per line; the key families and the printf formats the kernel uses are:
 
 =========================  ============================================  ======================
 line                       meaning                                       value
