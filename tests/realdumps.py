@@ -22,7 +22,7 @@ NO_FIXTURES = ("no real kdump fixtures: tests/fixtures.py is not importable or $
 def fixture_params(keys: tuple[str, ...]) -> list[Any]:
     """``pytest.param(fixture, key, path)`` for every fixture file of the given manifest keys."""
     try:
-        from fixtures import load_fixtures  # type: ignore[import-not-found]
+        from fixtures import load_fixtures
         fixtures = list(load_fixtures())
     except Exception as exc:  # the helper may be missing or fail: skip, saying so
         return [pytest.param(None, None, None, id="no-fixtures",

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from kdlayout import dumpfile
 from kdlayout.dumpfile import detect_format, open_dump
 from kdlayout.elfcore import ElfCore
 from kdlayout.errors import CorruptError, KdlayoutError, UnsupportedError
@@ -77,7 +76,7 @@ def test_missing_reader_is_unsupported(tmp_path: Path, monkeypatch: pytest.Monke
             raise ImportError(f"No module named {name!r}")
         return real_import(name, package)
 
-    monkeypatch.setattr(dumpfile.importlib, "import_module", fake_import)
+    monkeypatch.setattr(importlib, "import_module", fake_import)
     with pytest.raises(UnsupportedError) as ei:
         open_dump(p)
     assert ei.value.path == str(p) and ei.value.offset == 0

@@ -425,14 +425,14 @@ def test_qemu_firmware_dump(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def test_pread_fallback_when_mmap_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdlayout.elfcore as elfcore_mod
+    import mmap
 
     def no_mmap(*_args: object, **_kwargs: object) -> None:
         raise OSError("mmap not supported")
 
     p = tmp_path / "core"
     p.write_bytes(default_core().data)
-    monkeypatch.setattr(elfcore_mod.mmap, "mmap", no_mmap)
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
     with ElfCore.open(p) as core:
         assert [n.type_name for n in core.notes] == ["NT_PRSTATUS", "NT_PRSTATUS", "VMCOREINFO"]
         assert core.read(0x3FF8, 16) == struct.pack("<QQ", 3, 4)

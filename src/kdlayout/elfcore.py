@@ -480,6 +480,9 @@ class ElfCore(PhysicalMemory):
         """Unmap and close the file."""
         self._reader.close()
 
+    def __enter__(self) -> ElfCore:
+        return self
+
     # -- ELF specifics --------------------------------------------------------------------------
 
     @property
