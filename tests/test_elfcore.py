@@ -229,6 +229,15 @@ def test_pt_load_beyond_eof() -> None:
     assert _expect_corrupt(bad).offset == lay.phdr_offsets[3]
     bad = _patch(lay.data, _phdr_field(lay, 1, 8), "<Q", 0xFFFFFFFFFFFFFFF0)
     assert _expect_corrupt(bad).offset == lay.phdr_offsets[1]
+    # the last segment ends exactly at EOF: one byte more is beyond it
+    last = len(lay.seg_offsets)
+    size = len(lay.data) - lay.seg_offsets[-1]
+    bad = _patch(_patch(lay.data, _phdr_field(lay, last, 32), "<Q", size + 1),
+                 _phdr_field(lay, last, 40), "<Q", size + 1)
+    assert _expect_corrupt(bad).offset == lay.phdr_offsets[last]
+    ok = _patch(_patch(lay.data, _phdr_field(lay, last, 32), "<Q", size),
+                _phdr_field(lay, last, 40), "<Q", size)
+    ElfCore.from_buffer(ok)
 
 
 def test_filesz_above_memsz_and_paddr_overflow() -> None:
