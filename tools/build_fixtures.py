@@ -568,6 +568,11 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
         if not dbg or manifest.get("vmlinux_dbg"):
             log(f"{job.name}: up to date")
             return manifest
+        if manifest.get("release") != kernels[job.suite].release:
+            # the archive moved on: a -dbg for another release would not match this vmcore
+            log(f"{job.name}: built from {manifest.get('release')}, archive now has "
+                f"{kernels[job.suite].release}: rebuilding")
+            force = True
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     crashed = prepare_kernel(kernels[job.suite], cache, dbg)
