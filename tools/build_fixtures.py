@@ -635,14 +635,14 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
         t = time.monotonic()
         serial.wait_for(r"KDL-STAGE main", 300)
         timings["boot"] = round(time.monotonic() - t, 1)
-        serial.wait_for(r"KDL-READY", 900)
+        serial.wait_for(r"KDL-READY", 900 + wl_mib)
         timings["workload"] = round(time.monotonic() - t - timings["boot"], 1)
         # inflate the balloon: its pages become PageOffline in the guest
         t = time.monotonic()
         target = (mem - balloon_mib) << 20
         qmp.execute("balloon", {"value": target})
         actual = mem << 20
-        while time.monotonic() - t < 120:
+        while time.monotonic() - t < 120 + mem // 64:
             actual = int(qmp.execute("query-balloon")["actual"])
             if actual <= target:
                 break
@@ -655,7 +655,7 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
             t = time.monotonic()
             qmp.execute("dump-guest-memory",
                         {"paging": False, "protocol": f"file:{fdir / fname}", "detach": True, "format": fmt})
-            st = _wait_dump(qmp, 900)
+            st = _wait_dump(qmp, 900 + mem // 2)
             timings[key] = round(time.monotonic() - t, 1)
             if st.get("status") == "completed":
                 files[key] = fname
@@ -669,7 +669,7 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
         if "FAILED" in line:
             raise RuntimeError(f"capture kernel: {line.strip()}")
         size = int(line.split("KDL-VMCORE-SIZE", 1)[1].split()[0])
-        done = serial.wait_for(r"KDL-VMCORE-(DONE|FAILED)", 1800)
+        done = serial.wait_for(r"KDL-VMCORE-(DONE|FAILED)", 1800 + mem)
         if "FAILED" in done:
             raise RuntimeError(f"capture kernel: {done.strip()}")
         proc.wait(timeout=120)
