@@ -944,19 +944,26 @@ def _debian_kernels() -> Iterator[Path]:
 DEBIAN = list(_debian_kernels())
 
 
+@cache
+def debian_vmlinux(vmlinuz: Path) -> tuple[bytes, float]:
+    """The decompressed vmlinux ELF of a Debian vmlinuz and the seconds that took."""
+    from kdlayout.vmlinuz import extract_vmlinux
+
+    t0 = time.perf_counter()
+    elf = extract_vmlinux(vmlinuz.read_bytes(), source=str(vmlinuz))
+    return elf, time.perf_counter() - t0
+
+
 @need_bpftool
 @pytest.mark.fixtures
 @pytest.mark.skipif(not DEBIAN, reason=f"no Debian kernels under {CACHE}/kernels "
                     "(built by tools/build_fixtures.py)")
 @pytest.mark.parametrize("vmlinuz", DEBIAN, ids=[p.parent.name for p in DEBIAN])
 def test_debian_vmlinuz_btf_matches_bpftool(vmlinuz: Path, tmp_path: Path) -> None:
-    from kdlayout.vmlinuz import elf_section, extract_vmlinux
+    from kdlayout.vmlinuz import elf_section
 
-    data = vmlinuz.read_bytes()
-    t0 = time.perf_counter()
-    elf = extract_vmlinux(data, source=str(vmlinuz))
+    elf, took = debian_vmlinux(vmlinuz)
     btf = btf_from_elf(elf, source=str(vmlinuz))
-    took = time.perf_counter() - t0
     btf.check()
     # bpftool reads the raw .BTF bytes (located by pyelftools, independently of our ELF reader).
     from io import BytesIO
@@ -990,3 +997,71 @@ def test_debian_vmlinuz_btf_matches_bpftool(vmlinuz: Path, tmp_path: Path) -> No
         checked += 1
     assert checked >= 6
     assert took < 30
+
+
+def _module_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        import lzma
+
+        return lzma.decompress(data)
+    if path.suffix == ".zst":
+        import zstandard
+
+        return bytes(zstandard.ZstdDecompressor().stream_reader(data).read())
+    return data
+
+
+def _debian_modules(vmlinuz: Path) -> list[Path]:
+    """A few real modules of that kernel: ext4 (big, many types) and two small ones."""
+    mods = sorted((vmlinuz.parent / "root" / "lib" / "modules").glob("*/kernel/**/*.ko*"))
+    picks = [m for m in mods if m.name.startswith("ext4.ko")]
+    picks += [m for m in mods if m.name.split(".ko")[0] in ("af_key", "vsock", "loop")][:2]
+    return picks
+
+
+@need_bpftool
+@pytest.mark.fixtures
+@pytest.mark.skipif(not DEBIAN, reason=f"no Debian kernels under {CACHE}/kernels "
+                    "(built by tools/build_fixtures.py)")
+@pytest.mark.parametrize("vmlinuz", DEBIAN, ids=[p.parent.name for p in DEBIAN])
+def test_debian_module_split_btf_matches_bpftool(vmlinuz: Path, tmp_path: Path) -> None:
+    """Real split BTF: Debian modules' .BTF on top of that kernel's vmlinux BTF."""
+    from kdlayout.vmlinuz import elf_section
+
+    mods = _debian_modules(vmlinuz)
+    if not mods:
+        pytest.skip(f"no modules unpacked beside {vmlinuz}")
+    elf, _ = debian_vmlinux(vmlinuz)
+    _, raw_base = elf_section(elf, ".BTF", source=str(vmlinuz))
+    base_file = tmp_path / "vmlinux.btf"
+    base_file.write_bytes(bytes(raw_base))
+    base = Btf.parse(raw_base, source=str(vmlinuz))
+    from io import BytesIO
+
+    from elftools.elf.elffile import ELFFile
+
+    checked = 0
+    for mod in mods:
+        ko = _module_bytes(mod)
+        if ELFFile(BytesIO(ko)).get_section_by_name(".BTF") is None:  # pyelftools decides
+            with pytest.raises(MissingDataError):
+                btf_from_image(ko, source=str(mod), base=base)
+            continue
+        checked += 1
+        ko_file = tmp_path / mod.name.split(".ko")[0]
+        ko_file.write_bytes(ko)
+        split = btf_from_image(ko, source=str(mod), base=base)
+        split.check()
+        assert split.start_id == base.nr_types
+        types = bpftool_json(ko_file, base=base_file)
+        assert [t["id"] for t in types] == list(range(split.start_id, split.nr_types))
+        compare_with_bpftool(split, types)
+        base_sizes = {tid: base.size_of(tid) for tid in range(1, base.nr_types)
+                      if base.kind(tid) in (BtfKind.STRUCT, BtfKind.UNION, BtfKind.INT)}
+        for tid, size in sizes_from_json(types, base_sizes).items():
+            if tid >= split.start_id:
+                assert split.size_of(tid) == size, tid
+    if not checked:
+        pytest.skip(f"{vmlinuz.parent.name}: its modules carry no .BTF "
+                    "(built without CONFIG_DEBUG_INFO_BTF_MODULES)")
