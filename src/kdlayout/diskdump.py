@@ -13,14 +13,12 @@ A pfn's descriptor number is its rank in the 2nd bitmap (the count of dumped pfn
 is computed from a per-64-bit-word cumulative popcount in numpy. Only 64-bit targets are handled;
 the header is read in the target's byte order, detected from ``header_version``.
 
-The reader works on any random-access :class:`ByteSource`: a plain file (:class:`FileSource`, an
-mmap) or the virtual image of a flattened file (:mod:`kdlayout.flattened`).
+The reader works on any random-access :class:`ByteSource`: a plain file (:class:`FileSource`,
+read with ``pread``) or the virtual image of a flattened file (:mod:`kdlayout.flattened`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
 import struct
 from collections.abc import Sequence
@@ -100,17 +98,20 @@ class ByteSource(Protocol):
 
 
 class FileSource:
-    """A plain file as a :class:`ByteSource`, read through an mmap."""
+    """A plain file as a :class:`ByteSource`, read with ``pread``.
+
+    Not an mmap on purpose: touching an mmap'ed page that the file no longer backs (a file
+    truncated while open, a hole on a full tmpfs) kills the process with SIGBUS, where ``pread``
+    returns short data that the format checks turn into a :class:`CorruptError`.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = os.fspath(path)
-        self._file = open(self._path, "rb")  # noqa: SIM115 - closed by close()
+        self._fd: int | None = os.open(self._path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            self._size = os.fstat(self._file.fileno()).st_size
-            self._map: mmap.mmap | None = (
-                mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self._size else None)
+            self._size = os.fstat(self._fd).st_size
         except BaseException:
-            self._file.close()
+            os.close(self._fd)
             raise
 
     @property
@@ -120,18 +121,28 @@ class FileSource:
 
     @property
     def size(self) -> int:
-        """Length of the image in bytes."""
+        """Length of the file in bytes (at open time)."""
         return self._size
 
     def read_at(self, offset: int, n: int) -> bytes:
-        """Up to ``n`` bytes at ``offset``; shorter only at the end."""
-        if self._map is None or offset >= self._size or n <= 0 or offset < 0:
+        """Up to ``n`` bytes at ``offset``; shorter only at the end of the file."""
+        if self._fd is None:
+            raise ValueError(f"{self._path}: read after close")
+        if offset < 0 or n <= 0 or offset >= self._size:
             return b""
-        return self._map[offset:offset + n]
-
-    def buffer(self) -> memoryview:
-        """The whole file, zero-copy."""
-        return memoryview(self._map) if self._map is not None else memoryview(b"")
+        n = min(n, self._size - offset)
+        data = os.pread(self._fd, n, offset)
+        if len(data) == n or not data:
+            return data
+        parts = [data]                       # pread may return less than asked: keep reading
+        got = len(data)
+        while got < n:
+            more = os.pread(self._fd, n - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
 
     def locate(self, offset: int) -> int | None:
         """The file offset of image byte ``offset`` (the same offset here)."""
@@ -139,11 +150,9 @@ class FileSource:
 
     def close(self) -> None:
         """Release the file."""
-        if self._map is not None:
-            with contextlib.suppress(BufferError):  # a view is still alive; the GC will unmap
-                self._map.close()
-            self._map = None
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class BytesSource:
@@ -493,7 +502,7 @@ class DiskDump(PhysicalMemory):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> DiskDump:
-        """Open a kdump-compressed file by path (read through an mmap)."""
+        """Open a kdump-compressed file by path (read with pread)."""
         src = FileSource(path)
         try:
             return cls(src)

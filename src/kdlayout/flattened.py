@@ -16,7 +16,6 @@ writes the image out like ``makedumpfile -R``.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import struct
 import tempfile
@@ -26,7 +25,7 @@ from typing import Final
 
 import numpy as np
 
-from .diskdump import DiskDump
+from .diskdump import DiskDump, FileSource
 from .errors import CorruptError, UnsupportedError
 
 MAKEDUMPFILE_SIGNATURE: Final = b"makedumpfile"
@@ -37,6 +36,8 @@ _DATA_HEADER: Final = struct.Struct(">qq")
 #: No image offset or record end beyond this is sane (256 TiB).
 MAX_IMAGE_SIZE: Final = 1 << 48
 _COPY_CHUNK: Final = 1 << 20
+#: Bytes read at a time while walking record headers.
+_HEADER_WINDOW: Final = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -89,18 +90,24 @@ def parse_flat_header(buf: bytes | memoryview, path: str) -> FlatHeader:
     return FlatHeader(sig, ftype, version)
 
 
-def _index_buffer(buf: memoryview, path: str) -> FlatIndex:
-    size = len(buf)
-    header = parse_flat_header(buf, path)
+def _index(src: FileSource) -> FlatIndex:
+    """One pass over the record headers of ``src`` (data skipped; headers read in windows)."""
+    path, size = src.path, src.size
+    header = parse_flat_header(src.read_at(0, FLAT_HEADER_SIZE), path)
     offs, sizes, poss = array("q"), array("q"), array("q")
     pos = FLAT_HEADER_SIZE
     unpack = _DATA_HEADER.unpack_from
     hsize = _DATA_HEADER.size
+    win, win_at = b"", 0                     # a window of the file around the next header
     while True:
         if pos + hsize > size:
             raise CorruptError(f"flattened file ends without an end marker ({size - pos} bytes "
                                "after the last record)", path=path, offset=pos)
-        off, bsize = unpack(buf, pos)
+        if not win_at <= pos <= win_at + len(win) - hsize:
+            win, win_at = src.read_at(pos, _HEADER_WINDOW), pos
+            if len(win) < hsize:
+                raise CorruptError("flattened file shrank while reading", path=path, offset=pos)
+        off, bsize = unpack(win, pos - win_at)
         if off == END_FLAG_FLAT_HEADER and bsize == END_FLAG_FLAT_HEADER:
             break
         if off < 0 or bsize <= 0:
@@ -204,19 +211,11 @@ class FlatSource:
     """The virtual kdump-compressed image of a flattened file, as a ``ByteSource``."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._path = os.fspath(path)
-        self._file = open(self._path, "rb")  # noqa: SIM115 - closed by close()
+        self._file = FileSource(path)
         try:
-            fsize = os.fstat(self._file.fileno()).st_size
-            self._map: mmap.mmap | None = (
-                mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if fsize else None)
-            buf = memoryview(self._map) if self._map is not None else memoryview(b"")
-            try:
-                self.index = _index_buffer(buf, self._path)
-            finally:
-                buf.release()
+            self.index = _index(self._file)
         except BaseException:
-            self.close()
+            self._file.close()
             raise
 
     def __enter__(self) -> FlatSource:
@@ -228,7 +227,7 @@ class FlatSource:
     @property
     def path(self) -> str:
         """The flattened file (named in error messages)."""
-        return self._path
+        return self._file.path
 
     @property
     def size(self) -> int:
@@ -239,15 +238,14 @@ class FlatSource:
         """Image bytes ``[offset, offset + n)`` (holes read as zeros; short at the image end)."""
         ix = self.index
         end = min(offset + n, ix.image_size)
-        if offset < 0 or n <= 0 or offset >= end or self._map is None:
+        if offset < 0 or n <= 0 or offset >= end:
             return b""
         i = int(np.searchsorted(ix.seg_end, offset, side="right"))
-        m = self._map
+        f = self._file
         if i < ix.seg_start.size:
             s0 = int(ix.seg_start[i])
-            if s0 <= offset and end <= int(ix.seg_end[i]):       # one segment: plain slice
-                fp = int(ix.seg_pos[i]) + (offset - s0)
-                return m[fp:fp + (end - offset)]
+            if s0 <= offset and end <= int(ix.seg_end[i]):       # one segment: one read
+                return f.read_at(int(ix.seg_pos[i]) + (offset - s0), end - offset)
         out = bytearray(end - offset)
         while i < ix.seg_start.size:
             s, e = int(ix.seg_start[i]), int(ix.seg_end[i])
@@ -255,8 +253,8 @@ class FlatSource:
                 break
             lo, hi = max(s, offset), min(e, end)
             if lo < hi:
-                fp = int(ix.seg_pos[i]) + (lo - s)
-                out[lo - offset:hi - offset] = m[fp:fp + (hi - lo)]
+                chunk = f.read_at(int(ix.seg_pos[i]) + (lo - s), hi - lo)
+                out[lo - offset:lo - offset + len(chunk)] = chunk
             i += 1
         return bytes(out)
 
@@ -270,11 +268,6 @@ class FlatSource:
 
     def close(self) -> None:
         """Release the file."""
-        if getattr(self, "_map", None) is not None:
-            assert self._map is not None
-            with contextlib.suppress(BufferError):
-                self._map.close()
-            self._map = None
         self._file.close()
 
 
