@@ -918,6 +918,9 @@ class MappingBits:
     ``mapping & anon`` marks an anonymous folio (``mapping`` then points to an ``anon_vma``);
     ``(mapping & flags_mask) == ksm`` marks a KSM folio. Before PG_movable_ops,
     ``(mapping & flags_mask) == movable`` marked a non-LRU movable page (balloon, zsmalloc).
+
+    Only meaningful on a folio head (or single page) that has no page type and is not slab:
+    ``struct slab`` and the other typed descriptors overlay this word (6.12 slab pages show 0x1).
     """
 
     anon: int
