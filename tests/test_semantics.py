@@ -666,7 +666,7 @@ def _drgn_facts(prog: Any) -> Facts:
     facts: Facts = {}
 
     def off(t: str, m: str) -> None:
-        with contextlib.suppress(LookupError, ValueError):
+        with contextlib.suppress(LookupError, ValueError, TypeError):
             facts[f"OFFSET({t}.{m})"] = drgn.offsetof(prog.type(f"struct {t}"), m)
 
     for m in ("flags", "flags.f", "_mapcount", "page_type", "mapping", "private", "lru",
@@ -698,7 +698,7 @@ def _drgn_facts(prog: Any) -> Facts:
         if key.startswith(("NUMBER(", "LENGTH(", "SYMBOL(")) or key == "PAGESIZE":
             with contextlib.suppress(ValueError):
                 facts.setdefault(key, int(value, 16 if key.startswith("SYMBOL(") else 10))
-    facts["LENGTH(zone.free_area)"] = len(prog.type("struct zone").member("free_area").type)
+    facts["LENGTH(zone.free_area)"] = prog.type("struct zone").member("free_area").type.length
     return facts
 
 
