@@ -427,33 +427,40 @@ def select_scheme(candidates: Sequence[AddressCandidate], names: Sequence[str],
                   required: str = "_stext") -> tuple[AddressCandidate, list[SchemeCheck]]:
     """Pick the address candidate that reproduces ``known`` exactly.
 
-    A candidate qualifies if ``required`` (``_stext``) is among the kallsyms names and matches,
-    and no other known symbol mismatches. If several qualify their address arrays must be
-    identical (then the first is returned); otherwise :class:`CorruptError`. Raises
+    A candidate qualifies if ``required`` (``_stext``) is among the kallsyms names and its address
+    matches exactly, and, when other known symbols are among the names, at least one of them
+    matches too. The qualifying candidate with the most exact matches wins; a tie between
+    candidates whose address arrays differ is an error (:class:`CorruptError`). A few mismatches
+    are tolerated because some VMCOREINFO ``SYMBOL()`` lines hold a pointer's value rather than a
+    symbol's address (``VMCOREINFO_SYMBOL_ARRAY(mem_section)`` with SPARSEMEM_EXTREME). Raises
     :class:`MissingDataError` if ``required`` is not known or not among the kallsyms names.
     """
     if required not in known:
         raise MissingDataError(f"cannot choose a kallsyms address scheme: no SYMBOL({required})",
                                path=source)
     indices = _indices_of(names, known)
+    if required not in indices:
+        raise MissingDataError(f"{required} is not among the decoded kallsyms names",
+                               path=source)
     checks = [check_scheme(c, names, known, indices=indices) for c in candidates]
-    ok = [i for i, c in enumerate(checks) if required in c.matched and not c.mismatched]
+    others = len(indices) - 1
+    ok = [i for i, c in enumerate(checks)
+          if required in c.matched and (others == 0 or len(c.matched) >= 2)]
     if not ok:
-        if not any(required in c.matched or required in c.mismatched for c in checks):
-            raise MissingDataError(f"{required} is not among the decoded kallsyms names",
-                                   path=source)
-        detail = "; ".join(f"{c.scheme} at {c.table_addr:#x}: {len(c.mismatched)} mismatched "
-                           f"({', '.join(c.mismatched[:3])})" for c in checks)
-        raise CorruptError(f"no kallsyms address scheme reproduces SYMBOL({required}) and the "
-                           f"other VMCOREINFO symbols ({detail})", path=source)
-    first = candidates[ok[0]]
-    for i in ok[1:]:
+        detail = "; ".join(f"{c.scheme} at {c.table_addr:#x}: {len(c.matched)} of "
+                           f"{len(indices)} match" for c in checks)
+        raise CorruptError(f"no kallsyms address scheme reproduces SYMBOL({required}) and another "
+                           f"VMCOREINFO symbol ({detail})", path=source)
+    best = max(len(checks[i].matched) for i in ok)
+    top = [i for i in ok if len(checks[i].matched) == best]
+    first = candidates[top[0]]
+    for i in top[1:]:
         other = candidates[i]
         if not np.array_equal(first.addresses, other.addresses):
             raise CorruptError(f"kallsyms address schemes {first.scheme} at "
                                f"{first.table_addr:#x} and {other.scheme} at "
-                               f"{other.table_addr:#x} both reproduce the VMCOREINFO symbols "
-                               "with different results; cannot choose", path=source)
+                               f"{other.table_addr:#x} reproduce the VMCOREINFO symbols equally "
+                               "well with different results; cannot choose", path=source)
     return first, checks
 
 

@@ -489,7 +489,7 @@ def _names_before(image: KernelImage, ti: int, tt: int, markers: int, count: int
     mk = read_markers(image.read(markers, count * width), count, width)
     last = int(mk[-1])
     hi = markers - last            # names start at or before this
-    lo = hi - (1 << 16)
+    lo = (hi - (1 << 16)) & ~7
     blob = _read_upto(image, lo, hi - lo)
     if len(blob) != hi - lo:
         return None
@@ -504,6 +504,11 @@ def _names_before(image: KernelImage, ti: int, tt: int, markers: int, count: int
             if names > hi:
                 continue
             data = _read_upto(image, names, markers - names)
+            if len(data) != markers - names or int(mk[-1]) >= len(data):
+                continue
+            # Cheap pre-check: a record (non-zero length byte) at every marked offset.
+            if not np.all(np.frombuffer(data, dtype=np.uint8)[mk]):
+                continue
             layouts: list[NameLayout] = []
             for big in (True, False):
                 try:
