@@ -581,7 +581,10 @@ class DwarfTypeSource:
         self._unit_names: dict[int, str | None] = {}
         self._file_units: dict[str, UnitInfo | None] = {}
         self._heads: tuple[bytes, list[int]] | None = None
-        self._indexed: dict[int, _Unit] = {}
+        # Indexed units by offset; bounded, since a long fallback search may index hundreds.
+        self._indexed: cachetools.LRUCache[int, _Unit] = cachetools.LRUCache(maxsize=48)
+        # Units loaded only to follow a DW_FORM_ref_addr (not indexed).
+        self._loaded: cachetools.LRUCache[int, _Unit] = cachetools.LRUCache(maxsize=16)
         # Explicitly keyed caches: (abbrev offset, code) -> _Abbrev; lookups by (kind, name).
         self._abbrev_tables: cachetools.LRUCache[int, _AbbrevTable] = cachetools.LRUCache(
             maxsize=256)
@@ -593,6 +596,7 @@ class DwarfTypeSource:
     def close(self) -> None:
         """Release the file mapping (the source cannot be used afterwards)."""
         self._indexed.clear()
+        self._loaded.clear()
         self._lookup_cache.clear()
         self._abbrev_tables.clear()
         for view in self._views:
@@ -756,13 +760,15 @@ class DwarfTypeSource:
 
     def _load_unit(self, info: UnitInfo, *, head_only: bool = False) -> _Unit:
         """A unit with its bytes copied (only the first 4 KiB with ``head_only``)."""
-        unit = self._indexed.get(info.offset)
+        unit = self._indexed.get(info.offset) or self._loaded.get(info.offset)
         if unit is not None:
             return unit
         end = min(info.end, info.offset + 4096) if head_only else info.end
         data = bytes(self._info.data[info.offset:end])
         unit = _Unit(info, data, self._abbrev_table(info.abbrev_offset),
                      _fixed_sizes(info.offset_size, info.address_size, info.version))
+        if not head_only:
+            self._loaded[info.offset] = unit
         return unit
 
     def _read_die(self, unit: _Unit, off: int) -> _Die | None:
@@ -900,7 +906,11 @@ class DwarfTypeSource:
         if form in _STRX_FORMS:
             base = unit.str_offsets_base
             if base is None:
-                base = 8 if unit.info.offset_size == 4 else 16   # header of the contribution
+                top = self._read_die(unit, unit.info.die_offset)
+                a = top.attrs.get(AT_STR_OFFSETS_BASE) if top is not None else None
+                # Without DW_AT_str_offsets_base: just past the contribution's header.
+                base = int(a[1]) if a is not None else (8 if unit.info.offset_size == 4 else 16)
+                unit.str_offsets_base = base
             o = unit.info.offset_size
             at = base + value * o
             if at + o > len(self._str_offsets.data):
@@ -1043,6 +1053,11 @@ class DwarfTypeSource:
                 if die.tag not in _INDEXED_TAGS:
                     continue
                 name = self._name(die)
+                spec = die.attrs.get(AT_SPECIFICATION)
+                if name is None and spec is not None and spec[0] in _REF_FORMS:
+                    # A definition completing an earlier declaration carries no name itself.
+                    decl = self._read_die(unit, int(spec[1]))
+                    name = self._name(decl) if decl is not None else None
                 if name:
                     index.setdefault(name, []).append(
                         (die.tag, die.offset, AT_DECLARATION in die.attrs))
@@ -1164,9 +1179,7 @@ class DwarfTypeSource:
         elif form == FORM_REF_ADDR:
             target = int(value)
             info = self._unit_at(target)
-            unit = self._indexed.get(info.offset) or self._load_unit(info)
-            if unit.index is None:
-                self._indexed.setdefault(info.offset, unit)
+            unit = self._load_unit(info)
         elif form == FORM_REF_SIG8:
             raise UnsupportedError(f"type units (DW_FORM_ref_sig8 at .debug_info+{die.offset:#x})"
                                    " are not supported", path=self.path,
@@ -1398,13 +1411,17 @@ class DwarfTypeSource:
             if die is None:
                 return None
             address: int | None = None
+            typed = die
+            spec = die.attrs.get(AT_SPECIFICATION)
+            if AT_TYPE not in die.attrs and spec is not None and spec[0] in _REF_FORMS:
+                typed = self._read_die(die.unit, int(spec[1])) or die
             loc = die.attrs.get(AT_LOCATION)
             if loc is not None and isinstance(loc[1], bytes):
                 expr = loc[1]
                 asize = die.unit.info.address_size
                 if len(expr) == 1 + asize and expr[0] == OP_ADDR:
                     address = int.from_bytes(expr[1:], "little")
-            return VariableInfo(name, address, self._size_of(self._type_of(die)), die.offset)
+            return VariableInfo(name, address, self._size_of(self._type_of(typed)), die.offset)
         result: VariableInfo | None = self._guard(run)
         return result
 
