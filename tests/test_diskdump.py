@@ -402,6 +402,7 @@ def test_fixture_pages_match_drgn_and_vmcore(real: oracles.RealFile | None) -> N
             assert f"OSRELEASE={d.release}\n".encode() in vmci
             assert d.release == real.release == d.info.release
             assert d.dump_level == 31
+            assert d.writer == "makedumpfile"
             assert any(n.name == "VMCOREINFO" for n in d.notes)
             pfns = oracles.sample_dumped_pfns(d, 200)
             assert len(pfns) == 200

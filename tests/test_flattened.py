@@ -380,6 +380,7 @@ def test_fixture_flattened(real: oracles.RealFile | None, tmp_path: Path) -> Non
         with open_flattened(real.path) as d, DiskDump.open(ref) as plain:
             assert d.info.format == "flattened"
             assert d.info.release == real.release
+            assert d.writer == ("qemu" if real.key == "qemu_kdump" else "makedumpfile")
             assert plain.ranges() == d.ranges()
             assert d.vmcoreinfo == plain.vmcoreinfo and d.vmcoreinfo
             pfns = oracles.sample_dumped_pfns(d, 200)

@@ -623,6 +623,16 @@ class DiskDump(PhysicalMemory):
         return self._notes
 
     @property
+    def writer(self) -> str:
+        """Who wrote the file, feature-detected: ``"qemu"`` when the note area carries QEMU's
+        per-CPU ``QEMU`` notes (dump-guest-memory), else ``"makedumpfile"``.
+
+        QEMU's sub header ``phys_base`` is not the kernel's (use VMCOREINFO's NUMBER(phys_base))
+        and its utsname is empty.
+        """
+        return "qemu" if any(n.name == "QEMU" for n in self.notes) else "makedumpfile"
+
+    @property
     def eraseinfo(self) -> bytes | None:
         """makedumpfile's eraseinfo text (header_version 5+), if the dump carries one."""
         sh = self.sub_header
