@@ -373,3 +373,37 @@ def test_workload_pages_hold_their_pattern(fixture: Fixture, key: str) -> None:
                 assert data == bytes(4096), ("anon_zero", pfn)
                 checked += 1
     assert checked >= 8
+
+
+@needs_readelf
+def test_vmlinux_dbg_matches_dump_build_id(fixture: Fixture) -> None:
+    """The -dbg vmlinux is the crashed kernel's: its GNU build ID equals VMCOREINFO's BUILD-ID."""
+    dbg = fixture.path("vmlinux_dbg")
+    if dbg is None:
+        pytest.skip(f"{fixture.name}: built without --dbg (no vmlinux_dbg)")
+    vmcore = fixture.path("vmcore")
+    assert vmcore is not None
+    build_id = _readelf_vmcoreinfo(vmcore).get("BUILD-ID")
+    if build_id is None:
+        pytest.skip(f"{fixture.name}: this kernel's VMCOREINFO has no BUILD-ID")
+    out = subprocess.run(["readelf", "-W", "-n", str(dbg)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LC_ALL": "C"}).stdout
+    m = re.search(r"Build ID:\s*([0-9a-f]+)", out)
+    assert m is not None
+    assert m.group(1) == build_id
+    sections = subprocess.run(["readelf", "-W", "-S", str(dbg)], capture_output=True, text=True, check=True,
+                              env={**os.environ, "LC_ALL": "C"}).stdout
+    assert ".debug_info" in sections
+
+
+def test_peer_makedumpfile_runs() -> None:
+    """The cached trixie makedumpfile (tools/peers.py) runs on this host and reports its version."""
+    import peers
+    from fixtures import cache_dir
+
+    tool = peers.cached_peer("makedumpfile", "makedumpfile", "trixie", cache_dir())
+    if tool is None:
+        pytest.skip("peer makedumpfile not unpacked yet (tools/build_fixtures.py fetches it)")
+    out = subprocess.run([*tool.command, "-v"], capture_output=True, text=True, timeout=60)
+    assert re.search(r"makedumpfile: version 1\.7\.\d+", out.stdout + out.stderr)
+    assert tool.version.split(":")[-1].startswith("1.7.")
