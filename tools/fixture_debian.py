@@ -426,7 +426,10 @@ def stream_extract_first(rec: PackageRecord, candidates: Iterable[str], dst: Pat
                             shutil.copyfileobj(src, f, 1 << 20)
                         os.replace(tmp, dst)
                         kept = m.name
+                        break  # the rest of the (multi-GB) tar is not needed
         finally:
+            if proc.poll() is None:
+                proc.kill()
             proc.stdout.close()
             proc.wait()
         return kept
