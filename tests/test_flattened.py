@@ -99,9 +99,8 @@ def test_rewritten_header_last_writer_wins(tmp_path: Path) -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, 300), st.integers(1, 120)), min_size=1, max_size=40),
-       st.randoms(use_true_random=False))
-def test_resolution_matches_naive_model(recs: list[tuple[int, int]], rnd: object) -> None:
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(1, 120)), min_size=1, max_size=40))
+def test_resolution_matches_naive_model(recs: list[tuple[int, int]]) -> None:
     records = [(o, bytes([(i * 37 + k) % 251 + 1 for k in range(n)]))
                for i, (o, n) in enumerate(recs)]
     want = _naive(records)
