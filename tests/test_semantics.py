@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -508,6 +509,22 @@ def test_page_flags_5_10() -> None:
     assert fl.node.extract(word) == 1 and fl.zone.extract(word) == 2
 
 
+def test_page_flags_section_field_without_vmemmap() -> None:
+    # SPARSEMEM_EXTREME without VMEMMAP: SECTIONS_WIDTH = MAX_PHYSMEM_BITS - SECTION_SIZE_BITS
+    # = 46 - 27 = 19 at the very top, then the node (10) and zone (3) fields.
+    f = facts_5_10()
+    del f["SYMBOL(vmemmap_base)"]
+    mem, _ = derive_memory_model(f)
+    assert mem.vmemmap is None
+    fl, _ = derive_page_flags(f, mem)
+    assert fl.zone is None                     # VMEMMAP unknown: nothing derived
+    mem2 = replace(mem, vmemmap=False)
+    fl2, _ = derive_page_flags(f, mem2)
+    assert fl2.section is not None and (fl2.section.shift, fl2.section.width) == (45, 19)
+    assert fl2.node is not None and (fl2.node.shift, fl2.node.width) == (35, 10)
+    assert fl2.zone is not None and (fl2.zone.shift, fl2.zone.width) == (32, 3)
+
+
 def test_page_flags_7_2_memdesc() -> None:
     fl, facts = derive_page_flags(facts_7_2())
     assert fl.flags_field == "flags.f"
@@ -616,7 +633,7 @@ def test_derive_semantics_from_layout_object() -> None:
     assert s.compound.tail_encoding is TailEncoding.MASK
     assert s.flags.zone is not None
     keys = {f.key for f in s.facts}
-    assert {"page_type.scheme", "compound.tail_encoding", "memory_model", "flags.field",
+    assert {"page_type_scheme", "compound.tail_encoding", "memory_model", "flags.field",
             "free.nr_page_orders", "mapping.movable"} <= keys
     assert all(f.source == "derived" and f.origin for f in s.facts)
 
@@ -970,7 +987,8 @@ def test_full_scan_of_real_vmcore_matches_kernel_state(fx: Any) -> None:
     roots = vmci["SYMBOL(mem_section)"]
     mem_maps: dict[int, int] = {}    # section nr -> address of the struct page of its first pfn
     for r in range(mm.nr_section_roots or 0):
-        root = word(roots + 8 * r) if mm.model is MemoryModel.SPARSEMEM_EXTREME else roots + r * 32
+        root = (word(roots + 8 * r) if mm.model is MemoryModel.SPARSEMEM_EXTREME
+                else roots + r * (mm.mem_section_size or 0))
         if not root:
             continue
         for i in range(mm.sections_per_root):

@@ -440,7 +440,7 @@ def derive_page_types(facts: FactMapping | FactView) -> tuple[PageTypes, list[Fa
 
     rules.sort(key=lambda r: r.name)
     _check_vmcoreinfo(view, rules)
-    out.add("page_type.scheme", str(scheme), rule_text, used)
+    out.add("page_type_scheme", str(scheme), rule_text, used)
     out.add("page_type.offset", field_offset, rule_text, [field_key])
     for r in rules:
         out.add(f"page_type.{r.name}.mask", r.mask, rule_text, used)
@@ -770,6 +770,8 @@ class PageFlagBits:
     nr_pageflags: int | None
     zone: FlagField | None
     node: FlagField | None
+    #: Section number field; only SPARSEMEM without VMEMMAP keeps one.
+    section: FlagField | None = None
 
     def bit(self, name: str) -> int | None:
         """The bit number of ``PG_<name>`` (``name`` with or without the ``PG_`` prefix)."""
@@ -863,6 +865,7 @@ def derive_page_flags(facts: FactMapping | FactView,
     nr = view.number("__NR_PAGEFLAGS")
     zone_f: FlagField | None = None
     node_f: FlagField | None = None
+    section_f: FlagField | None = None
     max_zones = view.number("__MAX_NR_ZONES")
     if nr is not None and max_zones is not None and memory is not None and memory.vmemmap is not None:
         bits_per_long = word * 8
@@ -895,6 +898,8 @@ def derive_page_flags(facts: FactMapping | FactView,
                 zones_pgoff = nodes_pgoff - zshift
                 zone_f = FlagField(zones_pgoff, zshift)
                 node_f = FlagField(nodes_pgoff, nodes_width) if nodes_width else None
+                section_f = (FlagField(sections_pgoff, sections_width) if sections_width
+                             else None)
                 rule = "include/linux/page-flags-layout.h: | SECTION | NODE | ZONE | ... | FLAGS |"
                 used = ["NUMBER(__NR_PAGEFLAGS)", "NUMBER(__MAX_NR_ZONES)", "CONFIG(NODES_SHIFT)",
                         "CONFIG(NUMA)"]
@@ -904,7 +909,8 @@ def derive_page_flags(facts: FactMapping | FactView,
                     out.add("flags.node_shift", node_f.shift, rule, used)
                     out.add("flags.node_width", node_f.width, rule, used)
 
-    return PageFlagBits(field, off, word, bits, aliases, swapbacked, nr, zone_f, node_f), out.facts
+    return PageFlagBits(field, off, word, bits, aliases, swapbacked, nr, zone_f, node_f,
+                        section_f), out.facts
 
 
 # --------------------------------------------------------------------------------------------
