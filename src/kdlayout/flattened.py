@@ -171,32 +171,42 @@ def resolve_segments(offset: np.ndarray, size: np.ndarray,
 def _paint(s: np.ndarray, e: np.ndarray, p: np.ndarray,
            write_order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Resolve one cluster of overlapping records: each elementary interval takes the file
-    position of the last record (highest ``write_order``) covering it."""
+    position of the last record (highest ``write_order``) covering it.
+
+    Vectorised with a segment tree over the elementary intervals: every record puts its rank on
+    the O(log n) canonical nodes of its interval range (numpy, one pass per tree level), then
+    each leaf takes the maximum along its path to the root.
+    """
     points = np.unique(np.concatenate([s, e]))
     nseg = points.size - 1
-    owner = np.full(nseg, -1, dtype=np.int64)
-    nxt = list(range(nseg + 1))      # union-find: next elementary interval not yet painted
-
-    def find(i: int) -> int:
-        root = i
-        while nxt[root] != root:
-            root = nxt[root]
-        while nxt[i] != root:
-            nxt[i], i = root, nxt[i]
-        return root
-
-    j0s = np.searchsorted(points, s).tolist()
-    j1s = np.searchsorted(points, e).tolist()
-    for r in np.argsort(write_order)[::-1].tolist():
-        j = find(j0s[r])
-        while j < j1s[r]:
-            owner[j] = r
-            nxt[j] = j + 1
-            j = find(j + 1)
-    seg_s = points[:-1]
-    seg_e = points[1:]
-    keep = owner >= 0
-    seg_s, seg_e, own = seg_s[keep], seg_e[keep], owner[keep]
+    j0 = np.searchsorted(points, s).astype(np.int64)
+    j1 = np.searchsorted(points, e).astype(np.int64)
+    rank = np.empty(s.size, dtype=np.int64)
+    rank[np.argsort(write_order, kind="stable")] = np.arange(s.size, dtype=np.int64)
+    leaves = 1 << max(0, int(nseg - 1).bit_length())
+    tree = np.full(2 * leaves, -1, dtype=np.int64)
+    lo, hi, who = j0 + leaves, j1 + leaves, rank
+    while lo.size:
+        take = (lo & 1).astype(bool) & (lo < hi)
+        np.maximum.at(tree, lo[take], who[take])
+        lo = lo + take
+        take = (hi & 1).astype(bool) & (lo < hi)
+        hi = hi - take
+        np.maximum.at(tree, hi[take], who[take])
+        lo, hi = lo >> 1, hi >> 1
+        live = lo < hi
+        lo, hi, who = lo[live], hi[live], who[live]
+    level = 1
+    while level < leaves:                  # push maxima down, one tree level at a time
+        nodes = np.arange(level, 2 * level)
+        for child in (2 * nodes, 2 * nodes + 1):
+            tree[child] = np.maximum(tree[child], tree[nodes])
+        level *= 2
+    owner_rank = tree[leaves:leaves + nseg]
+    keep = owner_rank >= 0
+    by_rank = np.argsort(rank)             # record index of each rank
+    own = by_rank[owner_rank[keep]]
+    seg_s, seg_e = points[:-1][keep], points[1:][keep]
     seg_p = p[own] + (seg_s - s[own])
     return seg_s.astype(np.int64), seg_e.astype(np.int64), seg_p.astype(np.int64)
 
