@@ -393,8 +393,13 @@ class Btf:
     _type_cache: LRUCache[int, BtfType]
     _size_cache: LRUCache[int, int]
     _member_cache: LRUCache[tuple[int, str], tuple[int, BtfMember] | None]
-    _name_index: dict[str, list[int]] | None
-    _enum_index: dict[str, list[tuple[int, int]]] | None
+    _name_index: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None
+    _enum_index: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                       npt.NDArray[np.int64]] | None
+    _np_meta: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                    npt.NDArray[np.int64]] | None
+    _hits_cache: LRUCache[str, npt.NDArray[np.int64]]
+    _find_cache: LRUCache[str, list[int]]
     _var_index: dict[int, tuple[str, BtfVarSecinfo]] | None
     _ptr_size: int | None
 
@@ -448,6 +453,9 @@ class Btf:
         self._member_cache = LRUCache(maxsize=1 << 16)
         self._name_index = None
         self._enum_index = None
+        self._np_meta = None
+        self._hits_cache = LRUCache(maxsize=4096)
+        self._find_cache = LRUCache(maxsize=4096)
         self._var_index = None
         self._ptr_size = None
         return self
@@ -524,9 +532,11 @@ class Btf:
         return self.nr_types
 
     def __iter__(self) -> Iterator[BtfType]:
-        """Every type defined by this blob (not the base's), in id order."""
+        """Every type defined by this blob (not the base's), in id order (not cached)."""
+        cache = self._type_cache
         for tid in range(self.start_id, self.nr_types):
-            yield self.type(tid)
+            t = cache.get(tid)
+            yield t if t is not None else self._decode(tid)
 
     def check_id(self, type_id: int, *, at: int | None = None) -> int:
         """Return ``type_id`` if it names a type (0 = void is allowed), else raise CorruptError."""
@@ -750,52 +760,90 @@ class Btf:
             self._np_words = np.frombuffer(self._words, dtype=np.uint32)
         return self._np_words
 
-    def _names(self) -> dict[str, list[int]]:
+    def _meta(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(word index of each type, its kind, its vlen) as arrays, for vectorised indexes."""
+        if self._np_meta is None:
+            starts = np.frombuffer(self._starts, dtype=np.uint32).astype(np.int64)
+            info = self._words_np()[starts + 1].astype(np.int64)
+            self._np_meta = (starts, (info >> 24) & 0x1F, info & 0xFFFF)
+        return self._np_meta
+
+    def _vlen_entries(self, sel: npt.NDArray[np.bool_], step: int
+                      ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Word index of every vlen entry of the selected types, and each entry's type index."""
+        starts, _, vlens = self._meta()
+        vl = vlens[sel]
+        owners = np.nonzero(sel)[0].astype(np.int64)
+        total = int(vl.sum())
+        if total == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        first = np.repeat(np.cumsum(vl) - vl, vl)
+        pos: npt.NDArray[np.int64] = np.repeat(starts[sel] + 3, vl) + step * (
+            np.arange(total, dtype=np.int64) - first)
+        return pos, np.repeat(owners, vl)
+
+    def _name_sorted(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The name index, built once: type name offsets sorted, and the type ids in that order.
+
+        Validates every type's name offset (CorruptError naming the first bad one)."""
         if self._name_index is None:
-            index: dict[str, list[int]] = {}
-            if self._starts:
-                starts = np.frombuffer(self._starts, dtype=np.uint32).astype(np.int64)
-                name_offs = self._words_np()[starts]
-                nz = np.nonzero(name_offs)[0]
-                if nz.size:
-                    bad = np.nonzero(name_offs[nz] >= self._total_str_len)[0]
-                    if bad.size:
-                        k = int(nz[bad[0]])
-                        raise CorruptError(
-                            f"BTF type {self.start_id + k} name offset "
-                            f"{int(name_offs[k]):#x} outside the string section",
-                            path=self.source, offset=self._woff(int(starts[k])))
-                strings = self._strings
-                base_len = self._base_str_len
-                sub = name_offs[nz]
-                own = sub >= base_len
-                # Names in this blob's string section: decode each distinct offset once.
-                ids = (nz + self.start_id).tolist()
-                rel = (sub.astype(np.int64) - base_len).tolist()
-                decoded: dict[int, str] = {}
-                string = self.string
-                for tid, r, mine in zip(ids, rel, own.tolist(), strict=True):
-                    if mine:
-                        name = decoded.get(r)
-                        if name is None:
-                            name = strings[r:strings.index(b"\0", r)].decode(
-                                "utf-8", "backslashreplace")
-                            decoded[r] = name
-                    else:
-                        name = string(r + base_len)
-                    lst = index.get(name)
-                    if lst is None:
-                        index[name] = [tid]
-                    else:
-                        lst.append(tid)
-            self._name_index = index
+            starts, _, _ = self._meta()
+            name_offs = self._words_np()[starts].astype(np.int64)
+            bad = np.nonzero(name_offs >= self._total_str_len)[0]
+            if bad.size:
+                k = int(bad[0])
+                raise CorruptError(f"BTF type {self.start_id + k} name offset "
+                                   f"{int(name_offs[k]):#x} outside the string section",
+                                   path=self.source, offset=self._woff(int(starts[k])))
+            order = np.argsort(name_offs, kind="stable")
+            self._name_index = (name_offs[order], order.astype(np.int64) + self.start_id)
         return self._name_index
+
+    def string_offsets(self, name: str) -> npt.NDArray[np.int64]:
+        """Every string offset (in this blob's split-aware numbering, base included) where a
+        NUL-terminated ``name`` starts, including as the tail of a longer string."""
+        hit = self._hits_cache.get(name)
+        if hit is not None:
+            return hit
+        base_hits = (self.base.string_offsets(name) if self.base is not None
+                     else np.zeros(0, dtype=np.int64))
+        out: list[int] = []
+        if name:
+            try:
+                needle = name.encode("utf-8") + b"\0"
+            except UnicodeEncodeError:
+                needle = b""
+            strings = self._strings
+            p = strings.find(needle) if needle else -1
+            while p >= 0:
+                out.append(p + self._base_str_len)
+                p = strings.find(needle, p + 1)
+        hit = np.concatenate([base_hits, np.array(out, dtype=np.int64)])
+        self._hits_cache[name] = hit
+        return hit
+
+    def _find_own(self, name: str) -> list[int]:
+        cached = self._find_cache.get(name)
+        if cached is not None:
+            return cached
+        offs, ids = self._name_sorted()
+        hits = self.string_offsets(name)
+        found: list[int] = []
+        if hits.size and offs.size:
+            lo = np.searchsorted(offs, hits, "left")
+            hi = np.searchsorted(offs, hits, "right")
+            for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+                found.extend(ids[a:b].tolist())
+            found.sort()
+        self._find_cache[name] = found
+        return found
 
     def find(self, name: str, kind: BtfKind | int | tuple[BtfKind | int, ...] | None = None
              ) -> list[int]:
         """Type ids named ``name`` (base types first), optionally only of ``kind`` (or kinds)."""
         ids = self.base.find(name, kind) if self.base is not None else []
-        mine = self._names().get(name, [])
+        mine = self._find_own(name)
         if kind is None:
             return ids + mine
         kinds = (kind,) if isinstance(kind, int) else kind
@@ -1013,17 +1061,29 @@ class Btf:
 
     # ---- enums -------------------------------------------------------------------------------
 
-    def _enums(self) -> dict[str, list[tuple[int, int]]]:
+    def _enum_entries(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                                     npt.NDArray[np.int64]]:
+        """Enumerator index, built once: name offsets sorted, with owning type id and position."""
         if self._enum_index is None:
-            index: dict[str, list[tuple[int, int]]] = {}
-            if self._starts:
-                starts = np.frombuffer(self._starts, dtype=np.uint32).astype(np.int64)
-                kinds = (self._words_np()[starts + 1] >> 24) & 0x1F
-                for k in np.nonzero((kinds == BtfKind.ENUM) | (kinds == BtfKind.ENUM64))[0]:
-                    tid = self.start_id + int(k)
-                    for e in self.type(tid).enumerators:
-                        index.setdefault(e.name, []).append((tid, e.val))
-            self._enum_index = index
+            _, kinds, _ = self._meta()
+            w = self._words_np()
+            parts = []
+            for k, step in ((BtfKind.ENUM, 2), (BtfKind.ENUM64, 3)):
+                pos, owner = self._vlen_entries(kinds == k, step)
+                if pos.size:
+                    first = np.r_[0, np.nonzero(np.diff(owner))[0] + 1]
+                    idx = np.arange(pos.size) - np.repeat(first, np.diff(np.r_[first,
+                                                                               pos.size]))
+                    parts.append((w[pos].astype(np.int64), owner + self.start_id, idx))
+            if parts:
+                names = np.concatenate([p[0] for p in parts])
+                owners = np.concatenate([p[1] for p in parts])
+                idxs = np.concatenate([p[2] for p in parts])
+                order = np.argsort(names, kind="stable")
+                self._enum_index = (names[order], owners[order], idxs[order].astype(np.int64))
+            else:
+                empty = np.zeros(0, dtype=np.int64)
+                self._enum_index = (empty, empty, empty)
         return self._enum_index
 
     def _enum_id(self, enum: int | str) -> int:
@@ -1073,7 +1133,16 @@ class Btf:
     def find_enumerator(self, enumerator: str) -> list[tuple[int, int]]:
         """Every (enum type id, value) defining ``enumerator`` (base first)."""
         hits = self.base.find_enumerator(enumerator) if self.base is not None else []
-        return hits + self._enums().get(enumerator, [])
+        names, owners, idxs = self._enum_entries()
+        offs = self.string_offsets(enumerator)
+        found: list[tuple[int, int]] = []
+        if offs.size and names.size:
+            lo = np.searchsorted(names, offs, "left")
+            hi = np.searchsorted(names, offs, "right")
+            for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+                found.extend(zip(owners[a:b].tolist(), idxs[a:b].tolist(), strict=True))
+        found.sort()
+        return hits + [(tid, self.type(tid).enumerators[i].val) for tid, i in found]
 
     # ---- variables ---------------------------------------------------------------------------
 
