@@ -496,3 +496,22 @@ def test_cli_reassemble(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "is the source" in err[0] and "end marker" in err[1]
     assert not (tmp_path / "o2").exists()
+
+
+def test_many_overlapping_records_bounded(tmp_path: Path) -> None:
+    """20000 records that all overlap their neighbours: resolved right, in bounded time."""
+    rng = np.random.default_rng(3)
+    records = [(int(o), bytes([i % 251 + 1]) * int(n)) for i, (o, n) in
+               enumerate(zip(rng.integers(0, 100_000, 20000), rng.integers(1, 3000, 20000),
+                             strict=True))]
+    records.append((0, b"\xee" * 50))                      # a late rewrite of the start
+    stream = bytearray(synth.flat_header())
+    for o, d in records:
+        stream += synth.flat_record(o, d)
+    stream += synth.FLAT_END
+    path = _write(tmp_path, bytes(stream))
+    t0 = time.monotonic()
+    with FlatSource(path) as src:
+        elapsed = time.monotonic() - t0
+        assert src.read_at(0, src.size) == _naive(records)
+    assert elapsed < 10
