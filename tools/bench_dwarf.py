@@ -86,6 +86,12 @@ def _run(kind: str, path: str, cold: bool) -> dict[str, Any]:
     return res
 
 
+def _label(path: str) -> str:
+    """``vmlinux-<release>``, also for the newer ``lib/modules/<release>/vmlinux`` layout."""
+    p = Path(path)
+    return f"vmlinux-{p.parent.name}" if p.name == "vmlinux" else p.name
+
+
 def _fixture_paths() -> list[str]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from fixtures import load_fixtures  # type: ignore[import-not-found]
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(max(1, args.repeat)):
                 runs.append(("warm", _run(kind, path, False)))
             for state, res in runs:
-                res.update(vmlinux=Path(path).name, state=state)
+                res.update(vmlinux=_label(path), state=state)
                 rows.append(res)
     hdr = (f"{'vmlinux':34} {'source':6} {'cache':5} {'facts':>5} {'answer s':>8} "
            f"{'process s':>9} {'peak RSS MiB':>12} {'heap MiB':>8} {'units idx/total':>15} "
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['anon_mib']:8.0f} {units:>15} {dies:>7}")
     for path in paths:
         for r in rows:
-            if r["vmlinux"] == Path(path).name and r["kind"] == "dwarf":
+            if r["vmlinux"] == _label(path) and r["kind"] == "dwarf":
                 print(f"{r['vmlinux']}: .debug_info {r.get('debug_info_mib', 0):.0f} MiB, "
                       f"{r['describe'].split(' ', 1)[1]}; units indexed: "
                       f"{', '.join(r.get('indexed', []))}")
