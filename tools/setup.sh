@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # loads the capture kernel; zstd/xz/dpkg unpack packages; e2fsprogs and gcc serve the guest
 # workload; makedumpfile, crash, bpftool and binutils are the independent peers; liblzo2-dev lets
 # python-lzo build; libclang-dev serves the headers source; gpgv verifies the package indexes.
+# dwarves (pahole) encodes small real BTF and prints struct layouts for the BTF tests; lz4 makes
+# kernel-style lz4 payloads for the vmlinuz tests.
 APT_PACKAGES=(
     qemu-system-x86 qemu-utils
     busybox-static cpio kmod
@@ -17,6 +19,7 @@ APT_PACKAGES=(
     gcc libc6-dev
     makedumpfile crash
     bpftool binutils
+    dwarves lz4
     liblzo2-dev libclang-dev
     gpgv debian-archive-keyring
 )
