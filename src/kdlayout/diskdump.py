@@ -662,7 +662,7 @@ class DiskDump(PhysicalMemory):
     def dumped_pfns(self, start: int = 0, end: int | None = None) -> np.ndarray:
         """The pfns in ``[start, end)`` that have a descriptor (2nd bitmap), ascending int64.
 
-        Descriptor number ``desc_index(start) + i`` belongs to element ``i``.
+        Element ``i`` owns descriptor number (dumped pfns below ``start``) + ``i``.
         """
         end = self.max_mapnr if end is None else min(end, self.max_mapnr)
         start = max(start, 0)
