@@ -598,6 +598,8 @@ class Btf:
         elif kind == BtfKind.ARRAY:
             arr = BtfArray(chk(w[j], at=at + 12), chk(w[j + 1], at=at + 16), w[j + 2])
         elif kind in _COMPOSITE_KINDS:
+            # With kind_flag (Linux kernel commit 9d5f9f701b18 ("bpf: btf: fix struct/union/fwd
+            # types with kind_flag") (in v5.0)) offset = bitfield_size << 24 | bit_offset.
             mems = []
             for b in range(j, j + 3 * vlen, 3):
                 off = w[b + 2]
@@ -607,6 +609,8 @@ class Btf:
                                       off >> 24 if kflag else 0))
             members = tuple(mems)
         elif kind == BtfKind.ENUM:
+            # kind_flag set = signed, since Linux kernel commit 6089fb325cf7 ("bpf: Add btf
+            # enum64 support") (in v6.0); older BTF never sets it and values read as unsigned.
             enums = []
             for b in range(j, j + 2 * vlen, 2):
                 val = w[b + 1]
