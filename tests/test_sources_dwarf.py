@@ -314,6 +314,92 @@ def test_describe_and_stats(compiled: dict[str, Path]) -> None:
     assert all(f.source == "dwarf" for f in facts)
 
 
+# ---- how units are picked: a kernel-like source tree ----------------------------------------
+
+PAGE_ALLOC_C = """
+struct list_head { struct list_head *next, *prev; };
+struct page { unsigned long flags;
+	union { struct list_head lru; struct { unsigned long compound_head; }; }; };
+struct other_thing;
+struct other_thing *optr;
+enum zone_type { ZONE_DMA, ZONE_NORMAL, __MAX_NR_ZONES };
+struct page pg; enum zone_type zt;
+"""
+OTHER_C = """
+struct other_thing { int a; long b; };
+struct other_thing ot;
+struct only_here { char c[3]; int x; } oh;
+"""
+FILLER_C = "struct filler_%d { int v[%d]; } filler_%d;\n"
+
+
+@pytest.fixture(scope="module")
+def tree_objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``lib/a*.c ... mm/page_alloc.c ... lib/other.c`` linked into one object, plain and LTO."""
+    gcc = _gcc()
+    d = tmp_path_factory.mktemp("dwarf-tree")
+    (d / "mm").mkdir()
+    (d / "lib").mkdir()
+    (d / "mm" / "page_alloc.c").write_text(PAGE_ALLOC_C)
+    (d / "lib" / "other.c").write_text(OTHER_C)
+    fillers = []
+    for i in range(20):
+        f = d / "lib" / f"a{i:02d}.c"
+        f.write_text(FILLER_C % (i, i + 1, i))
+        fillers.append(f"lib/a{i:02d}.c")
+    out: dict[str, Path] = {}
+    for name, flags in (("plain", ["-O0"]), ("lto", ["-O2", "-flto"])):
+        so = d / f"{name}.so"
+        r = subprocess.run([gcc, "-g", *flags, "-shared", "-fPIC", "-nostdlib", "-o", str(so),
+                            *fillers, "mm/page_alloc.c", "lib/other.c"], cwd=d,
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode == 0:
+            out[name] = so
+    if "plain" not in out:
+        pytest.skip("gcc could not link the multi-file object")
+    return out
+
+
+def test_priority_unit_is_found_without_naming_every_unit(tree_objects: dict[str, Path]) -> None:
+    src = DwarfTypeSource(tree_objects["plain"])
+    assert src.member("page", "compound_head") == MemberLocation(64, 8)
+    assert src.enumerators("zone_type") == {"ZONE_DMA": 0, "ZONE_NORMAL": 1, "__MAX_NR_ZONES": 2}
+    assert src.stats.units_total == 22
+    assert src.stats.units_indexed == ["mm/page_alloc.c"]
+    assert src.stats.units_named <= 2          # only the candidates, not all 22
+    # a long name found nowhere: absent without a search
+    assert src.type_size("definitely_not_a_kernel_type") is None
+    assert src.stats.fallback_searches == 0
+    # a declaration in page_alloc.c completed from another unit, through the fallback
+    assert src.type_size("other_thing") == 16
+    assert src.type_size("only_here") == 8
+    assert src.member("only_here", "x") == MemberLocation(32, 4)
+    assert src.stats.units_indexed == ["mm/page_alloc.c", "lib/other.c"]
+    assert src.stats.fallback_searches == 1
+
+
+def test_fallback_budget(tree_objects: dict[str, Path]) -> None:
+    src = DwarfTypeSource(tree_objects["plain"], fallback_max_units=0)
+    assert src.type_size("page") == 24
+    assert src.type_size("only_here") is None   # would need a unit beyond the budget
+    assert src.warnings and "only_here" in src.warnings[0]
+
+
+@needs_drgn
+@pytest.mark.parametrize("kind", ["plain", "lto"])
+def test_tree_equals_drgn(tree_objects: dict[str, Path], kind: str) -> None:
+    if kind not in tree_objects:
+        pytest.skip(f"gcc could not build the {kind} object")
+    oracle = _DrgnOracle(tree_objects[kind])
+    src = DwarfTypeSource(tree_objects[kind])
+    for t in ("page", "list_head", "other_thing", "only_here", "filler_3", "filler_19"):
+        assert src.type_size(t) == oracle.type_size(t), t
+    for t, p in (("page", "compound_head"), ("page", "lru.prev"), ("only_here", "x"),
+                 ("filler_7", "v"), ("other_thing", "b")):
+        assert src.member(t, p) == oracle.member(t, p), (t, p)
+    assert src.enumerators("zone_type") == oracle.enumerators("zone_type")
+
+
 # ---- error paths ----------------------------------------------------------------------------
 
 def _one_line(exc: BaseException, path: Path) -> str:
