@@ -182,6 +182,9 @@ def test_5_10_inverted_bits_from_vmcoreinfo_only() -> None:
     assert pt.classify(0xFFFFFEFF) == "offline"
     assert pt.get("slab") is None                 # slab is a page flag in 5.10
     assert buddy.mapcount_value == -129
+    # page_has_type(): (int)page_type < PAGE_MAPCOUNT_RESERVE (-128)
+    assert pt.has_type(0xFFFFFF7F) and not pt.has_type(0xFFFFFF80)
+    assert not pt.has_type(0xFFFFFFFF) and not pt.has_type(3)
     assert all(f.source == "derived" and "6e292b9be7f4" in f.origin for f in facts
                if f.key.startswith("page_type."))
 
@@ -279,6 +282,9 @@ def test_6_12_top_byte_tags() -> None:
     assert not buddy.matches(0xF5000000) and slab.matches(0xF5000000)
     assert pt.classify(0xFFFFFFFF) is None and pt.classify(0x00000003) is None
     assert slab.mapcount_value == -0x0B000000
+    # page_has_type(): any tag 0x80..0xfe, not mapcounts (0x00.., -1 = 0xffffffff)
+    assert pt.has_type(0xF5000000) and pt.has_type(0xF9000000)
+    assert not pt.has_type(0xFFFFFFFF) and not pt.has_type(0x00000001)
 
 
 def test_6_12_makedumpfile_176_formula_would_call_buddy_slab() -> None:

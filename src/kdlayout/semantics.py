@@ -264,6 +264,16 @@ class PageTypes:
     #: ``PAGE_TYPE_BASE`` for the inverted-bit schemes, else None.
     base: int | None
     rules: tuple[PageTypeRule, ...]
+    #: A page has *some* type (known here or not) when the word, read as a signed 32-bit int, is
+    #: below this (the kernel's ``page_has_type()``); None when only exact values are known.
+    has_type_below: int | None = None
+
+    def has_type(self, word: int) -> bool:
+        """Whether the page has a page type, so ``_mapcount`` and often ``mapping`` are not what
+        they are for a mapped page (``page_has_type()``)."""
+        if self.has_type_below is None:
+            return self.classify(word) is not None
+        return _s32(word) < self.has_type_below
 
     def get(self, name: str) -> PageTypeRule | None:
         """The rule for type ``name`` ("buddy", "slab", ...), None if this kernel has no such type."""
@@ -446,7 +456,26 @@ def derive_page_types(facts: FactMapping | FactView) -> tuple[PageTypes, list[Fa
         out.add(f"page_type.{r.name}.mask", r.mask, rule_text, used)
         out.add(f"page_type.{r.name}.value", r.value, rule_text, used)
         out.add(f"page_type.{r.name}.mapcount_value", r.mapcount_value, rule_text, used)
-    return PageTypes(scheme, field_offset, field_size, base, tuple(rules)), out.facts
+    # page_has_type(): PAGE_MAPCOUNT_RESERVE is -128 with base 0xf0000000 (include/linux/
+    # page-flags.h 5.10-6.10), ~0x0000ffff with base 0x80000000 (6.11); since 6.12 a type is any
+    # top byte below PGTY_mapcount_underflow (0xff), i.e. a word below 0xff000000 as signed int.
+    reserve = view.number("PAGE_MAPCOUNT_RESERVE")
+    underflow = view.number("PGTY_mapcount_underflow")
+    below: int | None
+    if scheme is PageTypeScheme.TOP_BYTE_TAG:
+        below = _s32((0xFF if underflow is None else underflow) << 24)
+    elif reserve is not None:
+        below = _s32(reserve)
+    elif scheme is PageTypeScheme.INVERTED_BITS:
+        below = -128
+    elif scheme is PageTypeScheme.INVERTED_HIGH_BITS:
+        below = _s32(~0x0000FFFF)
+    else:
+        below = None
+    if below is not None:
+        out.add("page_type.has_type_below", below, f"page_has_type(); {rule_text}",
+                ["NUMBER(PAGE_MAPCOUNT_RESERVE)", "NUMBER(PGTY_mapcount_underflow)"])
+    return PageTypes(scheme, field_offset, field_size, base, tuple(rules), below), out.facts
 
 
 def _page_types_or_none(view: FactView) -> PageTypes | None:
