@@ -453,9 +453,13 @@ def derive_page_types(facts: FactMapping | FactView) -> tuple[PageTypes, list[Fa
     out.add("page_type_scheme", str(scheme), rule_text, used)
     out.add("page_type.offset", field_offset, rule_text, [field_key])
     for r in rules:
-        out.add(f"page_type.{r.name}.mask", r.mask, rule_text, used)
-        out.add(f"page_type.{r.name}.value", r.value, rule_text, used)
-        out.add(f"page_type.{r.name}.mapcount_value", r.mapcount_value, rule_text, used)
+        # Provenance of one type: the word's offset, its enumerator/macro, VMCOREINFO's number.
+        own = [field_key, f"NUMBER(PGTY_{r.name})", f"NUMBER(PG_{r.name})", _mapcount_key(r.name)]
+        if scheme is not PageTypeScheme.TOP_BYTE_TAG:
+            own.append("NUMBER(PAGE_TYPE_BASE)")
+        out.add(f"page_type.{r.name}.mask", r.mask, rule_text, own)
+        out.add(f"page_type.{r.name}.value", r.value, rule_text, own)
+        out.add(f"page_type.{r.name}.mapcount_value", r.mapcount_value, rule_text, own)
     # page_has_type(): PAGE_MAPCOUNT_RESERVE is -128 with base 0xf0000000 (include/linux/
     # page-flags.h 5.10-6.10), ~0x0000ffff with base 0x80000000 (6.11); since 6.12 a type is any
     # top byte below PGTY_mapcount_underflow (0xff), i.e. a word below 0xff000000 as signed int.
