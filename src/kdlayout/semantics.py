@@ -114,7 +114,7 @@ C_NR_PAGE_ORDERS = ('Linux kernel commit fd37721803c6 ("mm, treewide: introduce 
 
 
 class FactView:
-    """Read-only typed access to a fact mapping, remembering which facts a rule consulted.
+    """Read-only typed access to a fact mapping.
 
     Accepts a :class:`~kdlayout.layout.Layout` (values are ``Resolution`` objects) or any mapping
     of key -> int/str/bool.
