@@ -1038,6 +1038,13 @@ def test_full_scan_of_real_vmcore_matches_kernel_state(fx: Any) -> None:
         return (ptw & np.uint64(r.mask)) == np.uint64(r.value)
 
     buddy = is_type("buddy")
+    # page_has_type(): every page with a known type has a type; mapped user pages have none
+    known = np.zeros(len(pfn), dtype=bool)
+    for r in pt.rules:
+        known |= (ptw & np.uint64(r.mask)) == np.uint64(r.value)
+    signed = ptw.astype(np.int64) - ((ptw >> np.uint64(31)).astype(np.int64) << 32)
+    typed = (signed < pt.has_type_below) if pt.has_type_below is not None else known
+    assert not (known & ~typed).any()
     got = {int(p): int(o) for p, o in zip(pfn[buddy], private[buddy], strict=True)}
     assert got == free_heads, "buddy pages are not exactly the free-list heads with their order"
 
@@ -1103,8 +1110,8 @@ def test_full_scan_of_real_vmcore_matches_kernel_state(fx: Any) -> None:
     mb = s.mapping
     offline = is_type("offline")
     reused = buddy | offline
-    anon = [mb.is_anon(folio_mapping(p)) for p in (wl.get("anon") or {}).get("pfns", [])
-            if not reused[pos[p]]]
+    anon = [mb.is_anon(folio_mapping(p)) and not typed[pos[p]]
+            for p in (wl.get("anon") or {}).get("pfns", []) if not reused[pos[p]]]
     assert sum(anon) * 2 > len(anon) or not anon, anon
     ksm = [mb.is_ksm(folio_mapping(p)) for p in (wl.get("ksm") or {}).get("pfns", [])]
     if ksm:
