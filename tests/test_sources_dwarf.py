@@ -80,7 +80,25 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "dwarf5": ("-gdwarf-5",),
     "dwarf5-zlib": ("-gdwarf-5", "-gz=zlib"),
     "dwarf4-zlib-gnu": ("-gdwarf-4", "-gz=zlib-gnu"),
+    # clang writes DWARF 5 names as DW_FORM_strx* through .debug_str_offsets, and .debug_addr
+    "clang-dwarf5": ("clang", "-gdwarf-5"),
+    "clang-dwarf5-pubnames": ("clang", "-gdwarf-5", "-gpubnames"),
+    "clang-dwarf4": ("clang", "-gdwarf-4"),
 }
+
+
+def _clang() -> str | None:
+    for name in ("clang", *(f"clang-{v}" for v in range(30, 10, -1))):
+        exe = shutil.which(name)
+        if exe is not None:
+            return exe
+    return None
+
+
+def _compiler(flags: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    if flags and flags[0] == "clang":
+        return _clang(), flags[1:]
+    return shutil.which("gcc"), flags
 
 MEMBER_QUERIES: tuple[tuple[str, str], ...] = (
     ("page", "flags"), ("page", "flags.f"), ("page", "lru"), ("page", "lru.prev"),
@@ -123,14 +141,17 @@ def _gcc() -> str:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The C file built as a shared object once per DWARF variant gcc supports."""
-    gcc = _gcc()
+    _gcc()
     d = tmp_path_factory.mktemp("dwarf-c")
     src = d / "t.c"
     src.write_text(C_SOURCE)
     out: dict[str, Path] = {}
-    for name, flags in VARIANTS.items():
+    for name, spec in VARIANTS.items():
+        cc, flags = _compiler(spec)
+        if cc is None:
+            continue
         so = d / f"{name}.so"
-        r = subprocess.run([gcc, "-g", *flags, "-O0", "-shared", "-fPIC", "-nostdlib", "-o",
+        r = subprocess.run([cc, "-g", *flags, "-O0", "-shared", "-fPIC", "-nostdlib", "-o",
                             str(so), str(src)], capture_output=True, text=True, timeout=120)
         if r.returncode == 0:
             out[name] = so
@@ -263,7 +284,7 @@ needs_drgn = pytest.mark.skipif(not drgn_available(), reason="drgn is not instal
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_gcc_dwarf_matches_hand_layout(compiled: dict[str, Path], variant: str) -> None:
     if variant not in compiled:
-        pytest.skip(f"this gcc cannot build {variant} ({' '.join(VARIANTS[variant])})")
+        pytest.skip(f"no compiler builds {variant} ({' '.join(VARIANTS[variant])})")
     src = DwarfTypeSource(compiled[variant])
     for (t, p), want in EXPECTED_MEMBERS.items():
         assert src.member(t, p) == want, (variant, t, p)
@@ -284,7 +305,7 @@ def test_gcc_dwarf_matches_hand_layout(compiled: dict[str, Path], variant: str) 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_gcc_dwarf_equals_drgn(compiled: dict[str, Path], variant: str) -> None:
     if variant not in compiled:
-        pytest.skip(f"this gcc cannot build {variant}")
+        pytest.skip(f"no compiler builds {variant} ({' '.join(VARIANTS[variant])})")
     mine = _answers(DwarfTypeSource(compiled[variant]))
     theirs = _answers(_DrgnOracle(compiled[variant]))
     assert mine == theirs
@@ -348,9 +369,13 @@ def tree_objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         f.write_text(FILLER_C % (i, i + 1, i))
         fillers.append(f"lib/a{i:02d}.c")
     out: dict[str, Path] = {}
-    for name, flags in (("plain", ["-O0"]), ("lto", ["-O2", "-flto"])):
+    builds = [("plain", gcc, ["-O0"]), ("lto", gcc, ["-O2", "-flto"])]
+    clang = _clang()
+    if clang is not None:
+        builds.append(("clang", clang, ["-O0", "-gdwarf-5"]))
+    for name, cc, flags in builds:
         so = d / f"{name}.so"
-        r = subprocess.run([gcc, "-g", *flags, "-shared", "-fPIC", "-nostdlib", "-o", str(so),
+        r = subprocess.run([cc, "-g", *flags, "-shared", "-fPIC", "-nostdlib", "-o", str(so),
                             *fillers, "mm/page_alloc.c", "lib/other.c"], cwd=d,
                            capture_output=True, text=True, timeout=300)
         if r.returncode == 0:
@@ -385,11 +410,22 @@ def test_fallback_budget(tree_objects: dict[str, Path]) -> None:
     assert src.warnings and "only_here" in src.warnings[0]
 
 
+def test_strx_names_priority_and_fallback(tree_objects: dict[str, Path]) -> None:
+    """clang's DW_FORM_strx names: units are named one by one, the answers are the same."""
+    if "clang" not in tree_objects:
+        pytest.skip("clang is not installed")
+    src = DwarfTypeSource(tree_objects["clang"])
+    assert src.member("page", "compound_head") == MemberLocation(64, 8)
+    assert src.stats.units_indexed == ["mm/page_alloc.c"]
+    assert src.type_size("only_here") == 8
+    assert src.type_size("definitely_not_a_kernel_type") is None
+
+
 @needs_drgn
-@pytest.mark.parametrize("kind", ["plain", "lto"])
+@pytest.mark.parametrize("kind", ["plain", "lto", "clang"])
 def test_tree_equals_drgn(tree_objects: dict[str, Path], kind: str) -> None:
     if kind not in tree_objects:
-        pytest.skip(f"gcc could not build the {kind} object")
+        pytest.skip(f"no compiler could build the {kind} object")
     oracle = _DrgnOracle(tree_objects[kind])
     src = DwarfTypeSource(tree_objects[kind])
     for t in ("page", "list_head", "other_thing", "only_here", "filler_3", "filler_19"):

@@ -138,6 +138,8 @@ ATE_SIGNED = 0x05
 ATE_SIGNED_CHAR = 0x06
 
 OP_ADDR = 0x03
+OP_ADDRX = 0xA1
+OP_GNU_ADDR_INDEX = 0xFB
 OP_CONSTU = 0x10
 OP_PLUS_UCONST = 0x23
 
@@ -577,6 +579,7 @@ class DwarfTypeSource:
         self._str = self._section(".debug_str") or _EMPTY
         self._line_str = self._section(".debug_line_str") or _EMPTY
         self._str_offsets = self._section(".debug_str_offsets") or _EMPTY
+        self._addr = self._section(".debug_addr") or _EMPTY
         self._units: list[UnitInfo] | None = None
         self._unit_names: dict[int, str | None] = {}
         self._file_units: dict[str, UnitInfo | None] = {}
@@ -639,7 +642,8 @@ class DwarfTypeSource:
     def _corrupt(self, exc: _Corrupt) -> CorruptError:
         sec = {".debug_info": self._info, ".debug_abbrev": self._abbrev,
                ".debug_str": self._str, ".debug_line_str": self._line_str,
-               ".debug_str_offsets": self._str_offsets}.get(exc.section)
+               ".debug_str_offsets": self._str_offsets, ".debug_addr": self._addr,
+               }.get(exc.section)
         where = sec.where(exc.offset) if sec is not None else None
         return CorruptError(f"{exc.section}+{exc.offset:#x}: {exc.message}", path=self.path,
                             offset=where)
@@ -1404,6 +1408,18 @@ class DwarfTypeSource:
         result: dict[str, int] | None = self._guard(run)
         return result
 
+    def _indexed_address(self, unit: _Unit, index: int) -> int:
+        """Entry ``index`` of the unit's contribution to ``.debug_addr`` (DWARF 5)."""
+        top = self._read_die(unit, unit.info.die_offset)
+        a = top.attrs.get(AT_ADDR_BASE) if top is not None else None
+        base = int(a[1]) if a is not None else (8 if unit.info.offset_size == 4 else 16)
+        asize = unit.info.address_size
+        at = base + index * asize
+        if at + asize > len(self._addr):
+            raise _Corrupt(f"address index {index} is past the end of .debug_addr", ".debug_addr",
+                           at)
+        return int.from_bytes(bytes(self._addr.data[at:at + asize]), "little")
+
     def variable(self, name: str) -> VariableInfo | None:
         """A global variable's link-time address and type size (nice-to-have; best effort)."""
         def run() -> VariableInfo | None:
@@ -1421,6 +1437,10 @@ class DwarfTypeSource:
                 asize = die.unit.info.address_size
                 if len(expr) == 1 + asize and expr[0] == OP_ADDR:
                     address = int.from_bytes(expr[1:], "little")
+                elif expr and expr[0] in (OP_ADDRX, OP_GNU_ADDR_INDEX):
+                    index, end = _uleb(expr, 1)
+                    if end == len(expr):
+                        address = self._indexed_address(die.unit, index)
             return VariableInfo(name, address, self._size_of(self._type_of(typed)), die.offset)
         result: VariableInfo | None = self._guard(run)
         return result
