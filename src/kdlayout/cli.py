@@ -21,6 +21,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("resolve", "resolve"),
     ("db", "db"),
     ("reassemble", "reassemble"),
+    ("scan", "scan"),
 )
 
 EXIT_ERROR = 2
