@@ -566,23 +566,40 @@ class Btf:
             self._type_cache[type_id] = t
         return t
 
+    def _str_at(self, off: int, word: int) -> str:
+        """String at ``off`` for the field in type-section word ``word`` (hot path of _decode)."""
+        rel = off - self._base_str_len
+        if rel >= 0:
+            strings = self._strings
+            if rel < len(strings):
+                return strings[rel:strings.index(b"\0", rel)].decode("utf-8", "backslashreplace")
+            return self.string(off, at=self._woff(word))  # raises CorruptError
+        assert self.base is not None
+        return self.base.string(off, at=self._woff(word))
+
+    def _id_at(self, type_id: int, word: int) -> int:
+        """``type_id`` read from type-section word ``word``, validated (hot path of _decode)."""
+        if type_id < self.nr_types:
+            return type_id
+        return self.check_id(type_id, at=self._woff(word))  # raises CorruptError
+
     def _decode(self, type_id: int) -> BtfType:
         w = self._words
         i = self._starts[type_id - self.start_id]
-        name_off, info, size_type = w[i], w[i + 1], w[i + 2]
-        kind = _KINDS[(info >> 24) & 0x1F]
+        info = w[i + 1]
+        k = (info >> 24) & 0x1F
+        kind = _KINDS[k]
         kflag = bool(info >> 31)
         vlen = info & 0xFFFF
-        at = self._base_offset + self._type_start + 4 * i
-        woff = self._woff
-        name = self.string(name_off, at=at)
-        chk = self.check_id
+        string = self._str_at
+        tid = self._id_at
+        name = string(w[i], i)
         size: int | None = None
         ref: int | None = None
         if kind in _SIZED_KINDS:
-            size = size_type
+            size = w[i + 2]
         elif kind in _REF_KINDS:
-            ref = chk(size_type, at=at + 8)
+            ref = tid(w[i + 2], i + 2)
         int_info: BtfInt | None = None
         arr: BtfArray | None = None
         members: tuple[BtfMember, ...] = ()
@@ -592,23 +609,25 @@ class Btf:
         linkage: int | None = None
         component_idx: int | None = None
         j = i + 3
-        if kind == BtfKind.INT:
-            v = w[j]
-            int_info = BtfInt((v >> 24) & 0x0F, (v >> 16) & 0xFF, v & 0xFF)
-        elif kind == BtfKind.ARRAY:
-            arr = BtfArray(chk(w[j], at=at + 12), chk(w[j + 1], at=at + 16), w[j + 2])
-        elif kind in _COMPOSITE_KINDS:
+        if k == 4 or k == 5:  # STRUCT, UNION
             # With kind_flag (Linux kernel commit 9d5f9f701b18 ("bpf: btf: fix struct/union/fwd
             # types with kind_flag") (in v5.0)) offset = bitfield_size << 24 | bit_offset.
-            mems = []
-            for b in range(j, j + 3 * vlen, 3):
-                off = w[b + 2]
-                mems.append(BtfMember(self.string(w[b], at=woff(b)),
-                                      chk(w[b + 1], at=woff(b + 1)),
-                                      off & 0xFFFFFF if kflag else off,
-                                      off >> 24 if kflag else 0))
-            members = tuple(mems)
-        elif kind == BtfKind.ENUM:
+            if kflag:
+                members = tuple(BtfMember(string(w[b], b), tid(w[b + 1], b + 1),
+                                          w[b + 2] & 0xFFFFFF, w[b + 2] >> 24)
+                                for b in range(j, j + 3 * vlen, 3))
+            else:
+                members = tuple(BtfMember(string(w[b], b), tid(w[b + 1], b + 1), w[b + 2], 0)
+                                for b in range(j, j + 3 * vlen, 3))
+        elif k == 13:  # FUNC_PROTO
+            params = tuple(BtfParam(string(w[b], b), tid(w[b + 1], b + 1))
+                           for b in range(j, j + 2 * vlen, 2))
+        elif k == 1:  # INT
+            v = w[j]
+            int_info = BtfInt((v >> 24) & 0x0F, (v >> 16) & 0xFF, v & 0xFF)
+        elif k == 3:  # ARRAY
+            arr = BtfArray(tid(w[j], j), tid(w[j + 1], j + 1), w[j + 2])
+        elif k == 6:  # ENUM
             # kind_flag set = signed, since Linux kernel commit 6089fb325cf7 ("bpf: Add btf
             # enum64 support") (in v6.0); older BTF never sets it and values read as unsigned.
             enums = []
@@ -616,31 +635,28 @@ class Btf:
                 val = w[b + 1]
                 if kflag and val & 0x80000000:
                     val -= 1 << 32
-                enums.append(BtfEnum(self.string(w[b], at=woff(b)), val))
+                enums.append(BtfEnum(string(w[b], b), val))
             enumerators = tuple(enums)
-        elif kind == BtfKind.ENUM64:
+        elif k == 19:  # ENUM64
             enums = []
             for b in range(j, j + 3 * vlen, 3):
                 val = w[b + 1] | (w[b + 2] << 32)
                 if kflag and val >> 63:
                     val -= 1 << 64
-                enums.append(BtfEnum(self.string(w[b], at=woff(b)), val))
+                enums.append(BtfEnum(string(w[b], b), val))
             enumerators = tuple(enums)
-        elif kind == BtfKind.FUNC_PROTO:
-            params = tuple(BtfParam(self.string(w[b], at=woff(b)), chk(w[b + 1], at=woff(b + 1)))
-                           for b in range(j, j + 2 * vlen, 2))
-        elif kind == BtfKind.VAR:
+        elif k == 14:  # VAR
             linkage = w[j]
-        elif kind == BtfKind.FUNC:
+        elif k == 12:  # FUNC
             linkage = vlen
-        elif kind == BtfKind.DATASEC:
-            secinfos = tuple(BtfVarSecinfo(chk(w[b], at=woff(b)), w[b + 1], w[b + 2])
+        elif k == 15:  # DATASEC
+            secinfos = tuple(BtfVarSecinfo(tid(w[b], b), w[b + 1], w[b + 2])
                              for b in range(j, j + 3 * vlen, 3))
-        elif kind == BtfKind.DECL_TAG:
+        elif k == 17:  # DECL_TAG
             v = w[j]
             component_idx = v - (1 << 32) if v & 0x80000000 else v
-        return BtfType(type_id, kind, name, kflag, vlen, size, ref, at, int_info, arr, members,
-                       enumerators, params, secinfos, linkage, component_idx)
+        return BtfType(type_id, kind, name, kflag, vlen, size, ref, self._woff(i), int_info,
+                       arr, members, enumerators, params, secinfos, linkage, component_idx)
 
     def check(self) -> None:
         """Validate the whole blob, vectorised: every name/member/enumerator/parameter string
