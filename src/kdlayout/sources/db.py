@@ -135,7 +135,8 @@ def entry_document(layout: Layout, *, arch: str = "x86_64",
         "generator": {"name": "kdlayout", "version": __version__},
         "created": when.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "sources": [{"name": n, "status": s, "detail": d} for n, s, d in sources],
-        "warnings": list(layout.warnings),
+        # Only conflicts about stored facts concern the build.
+        "warnings": [w for w in layout.warnings if w.partition(":")[0] in facts],
         "facts": facts,
     }
 
