@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from btfbuild import sample
 from kdlayout.btf import Btf, btf_from_image
@@ -302,3 +304,71 @@ def test_debian_vmlinuz(vmlinuz: Path) -> None:
     btf = Btf.parse(body, source=str(vmlinuz))
     assert btf.nr_types > 50_000
     assert btf.find("page")
+
+
+# --------------------------------------------------------------------------------------------
+# ELF classes and byte orders made by objcopy; random mutation of images
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(OBJCOPY is None, reason="objcopy (binutils) not installed")
+@pytest.mark.parametrize("target", ["elf32-i386", "elf32-big", "elf64-big", "elf64-x86-64"])
+def test_elf_classes_and_byte_orders(target: str, tmp_path: Path) -> None:
+    """objcopy wraps a BTF blob (of the ELF's byte order) as .BTF in ELF32/64, LE/BE."""
+    assert OBJCOPY is not None
+    big = target.endswith("-big")
+    blob = sample()[0].build(big_endian=big)
+    src = tmp_path / "x.btf"
+    src.write_bytes(blob)
+    out = tmp_path / "x.o"
+    subprocess.run([OBJCOPY, "-I", "binary", "-O", target, "--rename-section", ".data=.BTF",
+                    str(src), str(out)], check=True, capture_output=True)
+    data = out.read_bytes()
+    ours = elf_sections(data, source=target)
+    theirs = list(ELFFile(BytesIO(data)).iter_sections())
+    assert [(s.name, s.sh_offset, s.sh_size) for s in ours] == [
+        (s.name, s["sh_offset"], s["sh_size"]) for s in theirs]
+    assert bytes(elf_section(data, ".BTF", source=target)[1]) == blob
+    btf = btf_from_image(data, source=target)
+    assert btf.header.big_endian == big
+    assert btf.member_offset("page", "c").bit_offset == 288
+
+
+def _image_corpus() -> bytes:
+    raw = sample()[0].build()
+    payload = size_append(gzip.compress(raw), raw)
+    return bzimage(payload, setup_sects=1, payload_offset=0)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(_image_corpus()) - 1), st.integers(0, 255)),
+                min_size=1, max_size=6),
+       st.integers(0, len(_image_corpus())))
+def test_mutated_bzimage_fails_cleanly(pokes: list[tuple[int, int]], cut: int) -> None:
+    img = bytearray(_image_corpus())
+    for i, v in pokes:
+        img[i] = v
+    t0 = time.perf_counter()
+    try:
+        out = extract_vmlinux(bytes(img[:cut]), source="mutant.img")
+        assert isinstance(out, bytes)
+    except KdlayoutError as e:
+        assert e.path == "mutant.img" and "\n" not in str(e)
+    assert time.perf_counter() - t0 < 2
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_elf_fails_cleanly(data: st.DataObject) -> None:
+    elf = bytearray(real_elf_with_btf())
+    # Poke the ELF header and the section header table, where the lengths and offsets live.
+    shoff = struct.unpack_from("<Q", elf, 0x28)[0]
+    region = st.one_of(st.integers(0, 0x3F), st.integers(shoff, len(elf) - 1))
+    for _ in range(data.draw(st.integers(1, 6))):
+        elf[data.draw(region)] = data.draw(st.integers(0, 255))
+    t0 = time.perf_counter()
+    try:
+        elf_section(bytes(elf), ".BTF", source="mutant.elf")
+    except KdlayoutError as e:
+        assert e.path == "mutant.elf"
+    assert time.perf_counter() - t0 < 2
