@@ -232,18 +232,9 @@ NO_DBG = ("no -dbg vmlinux: none in the fixture manifests or $KDLAYOUT_CACHE/ker
 
 @functools.cache
 def _symtab(path: Path) -> dict[str, set[int]]:
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableSection
+    from vmlinux_memory import elf_symbols
 
-    out: dict[str, set[int]] = {}
-    with open(path, "rb") as fh:
-        elf = ELFFile(fh)
-        for sec in elf.iter_sections():
-            if isinstance(sec, SymbolTableSection):
-                for sym in sec.iter_symbols():
-                    if sym.name:
-                        out.setdefault(sym.name, set()).add(sym["st_value"])
-    return out
+    return elf_symbols(path)
 
 
 @pytest.mark.parametrize("vmlinux", DBG or [pytest.param(None, marks=pytest.mark.skip(

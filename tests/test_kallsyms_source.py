@@ -84,18 +84,11 @@ def test_every_format_decodes_and_matches_vmcoreinfo(fixture: Fixture) -> None:
     assert all(t == first for t in tables.values())
 
 
+@functools.cache
 def _symtab(path: Path) -> dict[str, set[int]]:
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableSection
+    from vmlinux_memory import elf_symbols
 
-    out: dict[str, set[int]] = {}
-    with open(path, "rb") as fh:
-        for sec in ELFFile(fh).iter_sections():
-            if isinstance(sec, SymbolTableSection):
-                for sym in sec.iter_symbols():
-                    if sym.name:
-                        out.setdefault(sym.name, set()).add(sym["st_value"])
-    return out
+    return elf_symbols(path)
 
 
 def test_matches_dbg_symtab_plus_kerneloffset(fixture: Fixture) -> None:
@@ -232,7 +225,7 @@ def test_live_kcore_matches_proc_kallsyms() -> None:
 SYMS = [("T", "_stext", TEXT), ("T", "start_kernel", TEXT + 0x100),
         ("D", "init_uts_ns", TEXT + 0x2000)] + [
     ("t", f"func_{i}", TEXT + 0x3000 + 16 * i) for i in range(600)]
-KNOWN = "SYMBOL(init_uts_ns)={:x}\n".format(TEXT + 0x2000)
+KNOWN = f"SYMBOL(init_uts_ns)={TEXT + 0x2000:x}\n"
 
 
 def test_synthetic_image_decodes() -> None:
@@ -264,7 +257,7 @@ def test_tables_outside_the_dump() -> None:
 
 
 def test_huge_num_syms() -> None:
-    mem, addrs = build_image(SYMS, extra_vmcoreinfo=KNOWN, num_syms=0x7FFFFFFF)
+    mem, _ = build_image(SYMS, extra_vmcoreinfo=KNOWN, num_syms=0x7FFFFFFF)
     t = time.process_time()
     with pytest.raises(KdlayoutError) as err:
         load_kallsyms(KernelImage(mem))

@@ -9,7 +9,11 @@ Each PT_LOAD's file bytes are placed at its ``p_paddr``; ``segments`` exposes ``
 from __future__ import annotations
 
 import mmap
+import os
+import shutil
+import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 from elftools.elf.elffile import ELFFile
@@ -62,4 +66,28 @@ class VmlinuxMemory(PhysicalMemory):
         self._fh.close()
 
 
-__all__ = ["NotInDumpError", "VmlinuxMemory"]
+__all__ = ["NotInDumpError", "VmlinuxMemory", "elf_symbols"]
+
+
+def elf_symbols(path: str | Path) -> dict[str, set[int]]:
+    """``{name: {addresses}}`` from the ELF symbol table: ``nm`` (binutils) when installed,
+    else pyelftools (same table, ~20x slower on a -dbg vmlinux)."""
+    out: dict[str, set[int]] = {}
+    nm = shutil.which("nm")
+    if nm is not None:
+        text = subprocess.run([nm, str(path)], check=True, capture_output=True, text=True,
+                              env={**os.environ, "LC_ALL": "C"}).stdout
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                out.setdefault(parts[2], set()).add(int(parts[0], 16))
+        return out
+    from elftools.elf.sections import SymbolTableSection
+
+    with open(path, "rb") as fh:
+        for sec in ELFFile(fh).iter_sections():
+            if isinstance(sec, SymbolTableSection):
+                for sym in sec.iter_symbols():
+                    if sym.name:
+                        out.setdefault(sym.name, set()).add(sym["st_value"])
+    return out
