@@ -27,6 +27,7 @@ drgn's own indexer; it is a fast alternative and an independent cross-check, not
 from __future__ import annotations
 
 import bisect
+import contextlib
 import mmap
 import os
 import struct
@@ -431,6 +432,18 @@ class _Section:
 _EMPTY = _Section("", b"", 0, False)
 
 
+def _advise(m: mmap.mmap, advice: str, start: int = 0, length: int | None = None) -> None:
+    """``madvise`` where the platform has it (a hint only: failures are ignored)."""
+    value = getattr(mmap, advice, None)
+    if value is None or not hasattr(m, "madvise"):
+        return
+    page = mmap.PAGESIZE
+    aligned = start - start % page
+    size = (len(m) - aligned) if length is None else (length + start - aligned)
+    with contextlib.suppress(OSError, ValueError):
+        m.madvise(value, aligned, size)
+
+
 def _byte_at(sec: _Section, off: int) -> int:
     return int(sec.data[off])
 
@@ -542,6 +555,8 @@ class DwarfTypeSource:
                     raise CorruptError("empty file, not an ELF vmlinux", path=self.path,
                                        offset=0)
                 self._mmap: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            # Unit headers are a page here and a page there: no readahead of whole sections.
+            _advise(self._mmap, "MADV_RANDOM")
         except OSError as e:
             raise MissingDataError(f"cannot open vmlinux: {e.strerror}", path=self.path) from None
         self._setup(self._mmap, fallback_max_units, fallback_max_seconds, thorough)
@@ -1142,6 +1157,8 @@ class DwarfTypeSource:
                 patterns.append(o.to_bytes(osize, "little"))
         seen: set[int] = set()
         budget = 0
+        if self._mmap is not None and not self._info.compressed:
+            _advise(self._mmap, "MADV_SEQUENTIAL", self._info.file_offset, len(self._info))
         for pat in patterns:
             pos = _find_in(self._info, pat, 0)
             while pos >= 0:
