@@ -35,8 +35,10 @@ from typing import NamedTuple
 MIRRORS = {"": "http://deb.debian.org/debian", "-updates": "http://deb.debian.org/debian",
            "-security": "http://deb.debian.org/debian-security"}
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-# Major.minor series of each suite: ABI names are "<series>.<n>-<abi>" or "<series>.<n>+debNN".
-SUITE_SERIES = {"bookworm": "6.1", "trixie": "6.12"}
+# Major.minor series of each suite (ABI names are "<series>.<n>-<abi>" or "<series>.<n>+debNN");
+# None: whatever the suite carries (unstable moves on).
+SUITE_SERIES: dict[str, str | None] = {"bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12",
+                                       "sid": None}
 
 
 class Deb(NamedTuple):
@@ -105,7 +107,7 @@ def _packages(suite: str, pocket: str, where: Path) -> str:
 def _index(suite: str, where: Path) -> dict[str, Deb]:
     """Every linux-headers/linux-kbuild package of the suite's pockets (later pockets win)."""
     found: dict[str, Deb] = {}
-    for pocket in ("", "-updates", "-security"):
+    for pocket in ("", "-updates", "-security") if suite != "sid" else ("",):
         try:
             text = _packages(suite, pocket, where)
         except OSError as exc:
@@ -147,7 +149,8 @@ def fixture_releases() -> list[str]:
 def choose_release(suite: str, index: dict[str, Deb], wanted: str | None) -> str:
     """``<abi>-amd64``: the one asked for, a fixture's, or the newest the suite has."""
     series = SUITE_SERIES[suite]
-    pattern = re.compile(rf"^linux-headers-({re.escape(series)}\.[0-9][^ ]*)-amd64$")
+    prefix = re.escape(series) + r"\." if series else r"[0-9]+\.[0-9]+\."
+    pattern = re.compile(rf"^linux-headers-({prefix}[0-9][^ ]*)-amd64$")
     available = {m.group(1) + "-amd64" for name in index if (m := pattern.match(name))}
     available = {r for r in available if not r.endswith(("-cloud-amd64", "-rt-amd64"))}
     if wanted:
@@ -158,7 +161,7 @@ def choose_release(suite: str, index: dict[str, Deb], wanted: str | None) -> str
         if rel in available:
             return rel
     if not available:
-        raise SystemExit(f"{suite}: no linux-headers-{series}.* packages in the index")
+        raise SystemExit(f"{suite}: no linux-headers-{series or ''}* packages in the index")
     return max(available, key=lambda r: _vkey(index[f"linux-headers-{r}"].version))
 
 

@@ -193,7 +193,10 @@ def compile_args(tree: HeadersTree) -> list[str]:
              "-ferror-limit=20", "-Wno-everything"]
     if "-funsigned-char" in makefile:
         args.append("-funsigned-char")
-    if "-fms-extensions" in makefile:
+    # Tagged structs included anonymously (7.x): Kbuild adds $(CONFIG_CC_MS_EXTENSIONS), which
+    # names gcc's -fms-extensions or clang's -fms-anonymous-structs; -fms-extensions serves both.
+    ms = config.get("CONFIG_CC_MS_EXTENSIONS", "").strip('"')
+    if "-fms-extensions" in makefile or ms.startswith("-fms-"):
         args.append("-fms-extensions")
     return args
 
