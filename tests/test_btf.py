@@ -1065,3 +1065,41 @@ def test_debian_module_split_btf_matches_bpftool(vmlinuz: Path, tmp_path: Path) 
     if not checked:
         pytest.skip(f"{vmlinuz.parent.name}: its modules carry no .BTF "
                     "(built without CONFIG_DEBUG_INFO_BTF_MODULES)")
+
+
+def _fixtures_with_vmcore() -> list[Any]:
+    try:
+        from fixtures import load_fixtures
+    except ImportError:
+        return []
+    return [f for f in load_fixtures() if f.path("vmcore") and f.path("vmlinuz")]
+
+
+FIXTURES = _fixtures_with_vmcore()
+
+
+@pytest.mark.fixtures
+@pytest.mark.skipif(not FIXTURES, reason="no kdump fixtures with a vmcore and its vmlinuz "
+                    "(built by tools/build_fixtures.py)")
+@pytest.mark.parametrize("fx", FIXTURES, ids=[f.name for f in FIXTURES])
+def test_find_btf_blob_in_real_vmcore(fx: Any) -> None:
+    """The crashed kernel's BTF, found by scanning the raw vmcore file (kernel image memory),
+    is byte-identical to the .BTF section of the vmlinuz it booted (located by pyelftools)."""
+    import mmap
+    from io import BytesIO
+
+    from elftools.elf.elffile import ELFFile
+
+    elf, _ = debian_vmlinux(fx.path("vmlinuz"))
+    sec = ELFFile(BytesIO(elf)).get_section_by_name(".BTF")
+    assert sec is not None
+    want = sec.data()
+    vmcore = fx.path("vmcore")
+    with open(vmcore, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        t0 = time.perf_counter()
+        off, btf = find_btf_blob(m, source=str(vmcore))
+        took = time.perf_counter() - t0
+        assert m[off:off + len(want)] == want
+    assert btf.header.blob_size == len(want)
+    assert btf.nr_types == Btf.parse(want, source="vmlinuz").nr_types
+    assert took < 60

@@ -17,6 +17,7 @@ the name index, the enumerator index, sizes) is decoded lazily and cached. See d
 from __future__ import annotations
 
 import array
+import mmap
 import struct
 import sys
 from collections.abc import Iterator
@@ -309,12 +310,13 @@ class VarInfo:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_header(data: bytes | bytearray | memoryview, *, source: str, base_offset: int = 0
-                 ) -> BtfHeader:
+def parse_header(data: bytes | bytearray | memoryview, *, source: str, base_offset: int = 0,
+                 avail: int | None = None) -> BtfHeader:
     """Parse and validate ``struct btf_header`` at the start of ``data``.
 
     Validates magic, version, hdr_len and that both sections lie inside ``data`` (which may extend
-    past the blob). ``base_offset`` is added to offsets in error messages. Raises
+    past the blob; ``avail``, if given, replaces ``len(data)`` for that check). ``base_offset`` is
+    added to offsets in error messages. Raises
     :class:`CorruptError` / :class:`UnsupportedError`.
     """
     mv = memoryview(data).cast("B")
@@ -347,8 +349,9 @@ def parse_header(data: bytes | bytearray | memoryview, *, source: str, base_offs
                            path=source, offset=base_offset + n)
     _, _, flags, _, type_off, type_len, str_off, str_len = fmt.unpack_from(mv, 0)
     # Bytes of a newer, larger header (hdr_len > 24) are skipped: their sections, if any, are
-    # not needed to read types and strings.
-    avail = n - hdr_len
+    # not needed to read types and strings. ``avail`` lets a scanner check the sections against
+    # a region larger than the bytes it passed.
+    avail = (n if avail is None else avail) - hdr_len
     for name, off, length, where in (("type", type_off, type_len, 8), ("string", str_off, str_len,
                                                                           16)):
         if off > avail or length > avail - off:
@@ -1214,54 +1217,64 @@ class Btf:
 # --------------------------------------------------------------------------------------------
 
 
-def find_btf_blob(region: bytes | bytearray | memoryview, *, source: str, start: int = 0,
-                  end: int | None = None, base_offset: int = 0) -> tuple[int, Btf]:
+def find_btf_blob(region: bytes | bytearray | memoryview | mmap.mmap, *, source: str,
+                  start: int = 0, end: int | None = None, base_offset: int = 0,
+                  max_size: int = 256 << 20) -> tuple[int, Btf]:
     """Scan ``region[start:end]`` for the first plausible BTF blob and parse it.
 
-    A candidate is a little- or big-endian btf_header (magic, version 1, sane hdr_len, sections
-    inside the region, string section starting and ending with NUL) whose type section parses.
-    Returns (offset of the blob in ``region``, the parsed :class:`Btf`). Linear in the region size
-    (``bytes.find`` for the magic). Raises :class:`MissingDataError` if no candidate parses.
+    A candidate is a little- or big-endian btf_header (magic, version 1, flags 0, sane hdr_len,
+    sections inside the region and the blob at most ``max_size`` bytes, string section starting
+    and ending with NUL) whose type section parses. ``region`` may be an ``mmap`` (searched in
+    place). Returns (offset of the blob in ``region``, the parsed :class:`Btf`); ``base_offset`` is
+    added to offsets in messages. Linear in the region size. Raises :class:`MissingDataError` if
+    no candidate parses.
     """
     mv = memoryview(region).cast("B")
-    stop = len(mv) if end is None else min(end, len(mv))
-    raw = mv if isinstance(region, (bytes, bytearray)) else None
-    hay: bytes | bytearray | memoryview = region if raw is not None else mv
-    needles = (b"\x9f\xeb\x01", b"\xeb\x9f\x01")
-    pos = {nd: _find(hay, nd, start, stop) for nd in needles}
-    last_err: KdlayoutError | None = None
-    while True:
-        live = [p for p in pos.values() if p >= 0]
-        if not live:
-            break
-        p = min(live)
-        try:
-            btf = Btf.parse(mv[p:stop], source=source, base_offset=base_offset + p)
-            if btf.nr_types > 1:
-                return p, btf
-        except KdlayoutError as e:
-            last_err = e
-        for nd in needles:
-            if pos[nd] == p:
-                pos[nd] = _find(hay, nd, p + 1, stop)
-    why = f" (last candidate: {last_err.message})" if last_err is not None else ""
-    raise MissingDataError(f"no BTF blob found in [{start:#x}, {stop:#x}){why}", path=source,
-                           offset=base_offset + start)
+    try:
+        stop = len(mv) if end is None else min(end, len(mv))
+        needles = (b"\x9f\xeb\x01\x00", b"\xeb\x9f\x01\x00")  # magic, version 1, flags 0
+        pos = {nd: _find(region, mv, nd, start, stop) for nd in needles}
+        last_err: KdlayoutError | None = None
+        while True:
+            live = [p for p in pos.values() if p >= 0]
+            if not live:
+                break
+            p = min(live)
+            try:
+                hdr = parse_header(mv[p:min(stop, p + BTF_HEADER_MAX)], source=source,
+                                   base_offset=base_offset + p, avail=stop - p)
+                if hdr.blob_size <= max_size:
+                    btf = Btf.parse(mv[p:p + hdr.blob_size], source=source,
+                                    base_offset=base_offset + p)
+                    if btf.nr_types > 1:
+                        return p, btf
+            except KdlayoutError as e:
+                e.__traceback__ = None  # its frames would pin views of ``region`` (an mmap)
+                last_err = e
+            for nd in needles:
+                if pos[nd] == p:
+                    pos[nd] = _find(region, mv, nd, p + 1, stop)
+        why = f" (last candidate: {last_err.message})" if last_err is not None else ""
+        raise MissingDataError(f"no BTF blob found in [{start:#x}, {stop:#x}){why}", path=source,
+                               offset=base_offset + start)
+    finally:
+        mv.release()
 
 
-def _find(hay: bytes | bytearray | memoryview, needle: bytes, start: int, stop: int) -> int:
-    if isinstance(hay, memoryview):
-        # memoryview has no find(); search in bounded windows to keep memory bounded.
-        win = 1 << 24
-        i = start
-        while i < stop:
-            j = min(stop, i + win + len(needle) - 1)
-            k = bytes(hay[i:j]).find(needle)
-            if k >= 0:
-                return i + k
-            i += win
-        return -1
-    return hay.find(needle, start, stop)
+def _find(region: bytes | bytearray | memoryview | mmap.mmap, mv: memoryview, needle: bytes,
+          start: int, stop: int) -> int:
+    if isinstance(region, (bytes, bytearray, mmap.mmap)):
+        return region.find(needle, start, stop)
+    # memoryview has no find(): search bounded windows (overlapping by the needle's length).
+    win = 1 << 24
+    i = start
+    while i < stop:
+        j = min(stop, i + win + len(needle) - 1)
+        k = bytes(mv[i:j]).find(needle)
+        if k >= 0:
+            return i + k
+        i += win
+    return -1
 
 
 def btf_from_elf(data: bytes | bytearray | memoryview, *, source: str,
