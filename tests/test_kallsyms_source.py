@@ -140,9 +140,9 @@ def test_scan_finds_the_tables_vmcoreinfo_lists(fixture: Fixture) -> None:
             assert int(offsets, 16) in {t.offsets for t in locs.address_tables}
         assert elapsed < 10
         # Decoding from the scan gives the table decoded from the VMCOREINFO locations.
-        from kdlayout.sources.kallsyms_source import _decode_at
+        from kdlayout.sources.kallsyms_source import decode_at
 
-        scanned = _decode_at(image, locs, "scan", known)
+        scanned = decode_at(image, locs, "scan", known)
         assert scanned.table.names == _decoded(path).table.names
         assert scanned.table.addresses.tolist() == _decoded(path).table.addresses.tolist()
 

@@ -154,12 +154,12 @@ def load_kallsyms(image: KernelImage, *,
     checks = dict(known) if known is not None else vmcoreinfo_symbols(image.vmcoreinfo)
     locs = locations_from_vmcoreinfo(image.vmcoreinfo)
     if locs is not None:
-        return _decode_at(image, locs, "vmcoreinfo", checks)
+        return decode_at(image, locs, "vmcoreinfo", checks)
     errors: list[str] = []
     found = scan_locations(image, checks)
     if found is not None:
         try:
-            return _decode_at(image, found, "scan", checks)
+            return decode_at(image, found, "scan", checks)
         except KdlayoutError as exc:
             errors.append(str(exc))
     detail = f"; {errors[-1]}" if errors else ""
@@ -242,8 +242,13 @@ def _markers_probe(image: KernelImage, names_addr: int,
     return probe
 
 
-def _decode_at(image: KernelImage, locs: KallsymsLocations, how: str,
-               known: Mapping[str, int]) -> KallsymsResult:
+def decode_at(image: KernelImage, locs: KallsymsLocations, how: str,
+              known: Mapping[str, int]) -> KallsymsResult:
+    """Decode the tables at ``locs`` and choose the address scheme reproducing ``known``.
+
+    ``how`` ("vmcoreinfo", "scan") is recorded in the provenance. Raises :class:`CorruptError`
+    or :class:`MissingDataError` (one line, naming the dump and address) for bad tables.
+    """
     src = image.source
     num_syms = image.read_u32(locs.num_syms)
     if num_syms == 0 or num_syms > MAX_SYMS:
