@@ -577,6 +577,34 @@ def test_truncated_debug_info_section(compiled: dict[str, Path], tmp_path: Path)
     assert "truncated" in _one_line(ei.value, p)
 
 
+def test_typedef_cycle_is_corrupt_not_a_hang(compiled: dict[str, Path], tmp_path: Path) -> None:
+    """Point ``typedef atomic_long_t``'s DW_AT_type at itself (offsets located with readelf)."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf (binutils) is not installed")
+    path = compiled["dwarf5"]
+    dump = subprocess.run([readelf, "--debug-dump=info", str(path)], capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+    assert dump.count("Compilation Unit @ offset") == 1 and "Compilation Unit @ offset 0" in dump
+    m = re.search(r"<1><([0-9a-f]+)>: Abbrev Number: \d+ \(DW_TAG_typedef\)\n"
+                  r"\s+<[0-9a-f]+>\s+DW_AT_name\s+:.*: atomic_long_t\n"
+                  r"(?:.*\n)*?\s+<([0-9a-f]+)>\s+DW_AT_type\s+: <0x[0-9a-f]+>", dump)
+    assert m is not None
+    die, attr = int(m[1], 16), int(m[2], 16)
+    info_off, _ = _section_offsets(path)[".debug_info"]
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, info_off + attr, die)      # DW_FORM_ref4, unit-relative
+    p = tmp_path / "cycle.so"
+    p.write_bytes(data)
+    src = DwarfTypeSource(p)
+    t0 = time.monotonic()
+    with pytest.raises(CorruptError) as ei:
+        src.type_size("atomic_long_t")
+    assert time.monotonic() - t0 < 5.0
+    assert "cycle" in _one_line(ei.value, p)
+    assert src.type_size("list_head") == 16                  # the rest still answers
+
+
 def _all_queries(src: DwarfTypeSource) -> None:
     _answers(src)
     type_facts(src)
@@ -748,3 +776,23 @@ def test_real_vmlinux_debug_info_cut_short(vmlinux: Path) -> None:
             1 << 20)
     finally:
         m.close()
+
+
+@needs_drgn
+@pytest.mark.parametrize("vmlinux", REAL)
+def test_real_variables_equal_drgn(vmlinux: Path) -> None:
+    """Global variables the later stages look up: link-time address and size, as drgn has them
+    (``contig_page_data`` exists only without NUMA: both must agree that it is absent)."""
+    import drgn
+
+    prog = load_drgn_program(str(vmlinux))
+    src = DwarfTypeSource(vmlinux)
+    for name in ("init_uts_ns", "prb", "printk_rb_static", "mem_section", "contig_page_data"):
+        mine = src.variable(name)
+        try:
+            obj = prog.object(name)
+        except LookupError:
+            assert mine is None, name
+            continue
+        assert mine is not None, name
+        assert (mine.address, mine.byte_size) == (obj.address_, drgn.sizeof(obj.type_)), name
