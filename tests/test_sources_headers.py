@@ -314,3 +314,29 @@ def test_real_headers_equal_dwarf(tree: Path, real_facts: dict[Path, list[Fact]]
     missing = {k for k in set(dwarf) - set(h) if "prb_" not in k and "printk_" not in k}
     assert not missing, missing
     assert len(common) >= 100
+
+
+def test_headers_agree_with_the_dump_in_the_resolver(fixture: Any) -> None:
+    """Resolving a real dump with its kernel's headers: every headers fact agrees with the
+    dump's own VMCOREINFO and BTF (no conflicts), and the headers answer >= 100 facts."""
+    from kdlayout import resolver
+    from kdlayout.dumpfile import open_dump
+    from kdlayout.resolver import ResolveOptions, resolve
+
+    tree = cache_dir() / "headers" / fixture.release / "usr/src" / f"linux-headers-{fixture.release}"
+    core = fixture.path("vmcore") or fixture.path("md_zlib")
+    if not tree.is_dir() or core is None:
+        pytest.skip(f"no headers tree or dump for {fixture.release}: {FETCH}")
+    providers = tuple(p for p in resolver.PROVIDERS if p[0] in ("vmcoreinfo", "btf", "headers"))
+    resolver._memory_cache.clear()
+    with open_dump(str(core)) as dump:
+        result = resolve(dump, ResolveOptions(headers=str(tree), use_cache=False),
+                         providers=providers)
+    status = {s.name: s for s in result.sources}
+    assert status["headers"].status == "used" and status["headers"].facts >= 100
+    lay = result.layout
+    from_headers = [r for r in lay.values() if any(c.source == "headers" for c in r.candidates)]
+    assert len(from_headers) == status["headers"].facts
+    assert not [r.key for r in from_headers if r.conflicts]
+    # Independently confirmed by the dump: each one also offered by VMCOREINFO or the dump's BTF.
+    assert all({"vmcoreinfo", "btf"} & {c.source for c in r.candidates} for r in from_headers)
