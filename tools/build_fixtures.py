@@ -771,8 +771,12 @@ def main(argv: list[str] | None = None) -> int:
         for vname, (s, c) in VARIANTS.items():
             jobs.append(Job(fixture_name(s, c, args.mem) if args.mem != 1024 else vname, s, c))
     needed = sorted({j.suite for j in jobs} | {j.capture_suite for j in jobs}, key=SUITES.index)
-    if not args.list and not args.force and not args.dbg and all(
-        _is_complete(cache / "fixtures" / j.name) for j in jobs
+    def has_dbg(fdir: Path) -> bool:
+        return bool(json.loads((fdir / "manifest.json").read_text()).get("vmlinux_dbg"))
+
+    if not args.list and not args.force and all(
+        _is_complete(cache / "fixtures" / j.name) and (not args.dbg or has_dbg(cache / "fixtures" / j.name))
+        for j in jobs
     ):
         log("all fixtures up to date")
         return 0
