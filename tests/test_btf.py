@@ -1103,3 +1103,29 @@ def test_find_btf_blob_in_real_vmcore(fx: Any) -> None:
     assert btf.header.blob_size == len(want)
     assert btf.nr_types == Btf.parse(want, source="vmlinuz").nr_types
     assert took < 60
+
+
+def test_find_btf_blob_both_byte_orders() -> None:
+    b, _ = sample()
+    le, be = b.build(), b.build(big_endian=True)
+    decoy_le = b"\x9f\xeb\x01\x00" + struct.pack("<I", 24) + b"\xff" * 16
+    decoy_be = b"\xeb\x9f\x01\x00" + struct.pack(">I", 24) + b"\xff" * 16
+    junk = bytes(range(256)) * 4
+    for region, want_off, want_big in (
+        (junk + decoy_le + decoy_be + be + junk + le, len(junk) + 48, True),
+        (junk + decoy_be + le + decoy_be + be, len(junk) + 24, False),
+        (junk + decoy_le + decoy_le + junk + be, len(junk) * 2 + 48, True),
+    ):
+        for r in (region, memoryview(region)):
+            off, btf = find_btf_blob(r, source="mixed")
+            assert (off, btf.header.big_endian) == (want_off, want_big)
+            assert btf.member_offset("page", "c").bit_offset == 288
+    with pytest.raises(MissingDataError):
+        find_btf_blob(junk + decoy_be + decoy_le + junk, source="decoys")
+    # start/end bound the scan; base_offset shifts reported offsets.
+    region = junk + le + junk + be
+    off, btf = find_btf_blob(region, source="bounded", start=len(junk) + 1)
+    assert off == 2 * len(junk) + len(le) and btf.header.big_endian
+    with pytest.raises(MissingDataError) as ei:
+        find_btf_blob(region, source="bounded", end=len(junk) + 10, base_offset=0x1000)
+    assert ei.value.offset == 0x1000

@@ -1232,14 +1232,22 @@ def find_btf_blob(region: bytes | bytearray | memoryview | mmap.mmap, *, source:
     mv = memoryview(region).cast("B")
     try:
         stop = len(mv) if end is None else min(end, len(mv))
-        needles = (b"\x9f\xeb\x01\x00", b"\xeb\x9f\x01\x00")  # magic, version 1, flags 0
-        pos = {nd: _find(region, mv, nd, start, stop) for nd in needles}
+        le, be = b"\x9f\xeb\x01\x00", b"\xeb\x9f\x01\x00"  # magic, version 1, flags 0
+        # The next little-endian hit is always known; big-endian hits are searched only up to it,
+        # so a region without any big-endian blob is scanned once, not twice.
+        p_le = _find(region, mv, le, start, stop)
+        p_be, be_upto = -1, start
+        cur = start
         last_err: KdlayoutError | None = None
         while True:
-            live = [p for p in pos.values() if p >= 0]
-            if not live:
+            limit = p_le if p_le >= 0 else stop
+            if p_be < cur and be_upto < limit:
+                q = _find(region, mv, be, max(cur, be_upto), min(stop, limit + len(be) - 1))
+                p_be, be_upto = (q, q) if q >= 0 else (-1, limit)
+            cands = [c for c in (p_le, p_be) if c >= cur]
+            if not cands:
                 break
-            p = min(live)
+            p = min(cands)
             try:
                 hdr = parse_header(mv[p:min(stop, p + BTF_HEADER_MAX)], source=source,
                                    base_offset=base_offset + p, avail=stop - p)
@@ -1251,9 +1259,11 @@ def find_btf_blob(region: bytes | bytearray | memoryview | mmap.mmap, *, source:
             except KdlayoutError as e:
                 e.__traceback__ = None  # its frames would pin views of ``region`` (an mmap)
                 last_err = e
-            for nd in needles:
-                if pos[nd] == p:
-                    pos[nd] = _find(region, mv, nd, p + 1, stop)
+            cur = p + 1
+            if p == p_le:
+                p_le = _find(region, mv, le, cur, stop)
+            if p == p_be:
+                p_be, be_upto = -1, cur
         why = f" (last candidate: {last_err.message})" if last_err is not None else ""
         raise MissingDataError(f"no BTF blob found in [{start:#x}, {stop:#x}){why}", path=source,
                                offset=base_offset + start)
