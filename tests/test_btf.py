@@ -588,6 +588,24 @@ def test_find_btf_blob_in_a_larger_region() -> None:
     assert "nothing-here" in str(ei.value)
 
 
+SYS_MODULES = sorted(p for p in Path("/sys/kernel/btf").glob("*") if p.name != "vmlinux")[:5] \
+    if Path("/sys/kernel/btf").is_dir() else []
+
+
+@need_sys_btf
+@need_bpftool
+@pytest.mark.skipif(not SYS_MODULES, reason="this host's kernel exposes no module BTF under "
+                    "/sys/kernel/btf (modules built in, or CONFIG_DEBUG_INFO_BTF_MODULES off); "
+                    "split BTF is covered by the Debian module and pahole tests")
+@pytest.mark.parametrize("module", SYS_MODULES, ids=[p.name for p in SYS_MODULES])
+def test_sys_module_split_btf_matches_bpftool(module: Path) -> None:
+    split = load_btf(module, base=sys_btf())
+    split.check()
+    types = bpftool_json(module, base=SYS_VMLINUX)
+    assert [t["id"] for t in types] == list(range(split.start_id, split.nr_types))
+    compare_with_bpftool(split, types)
+
+
 # --------------------------------------------------------------------------------------------
 # Small real BTF from pahole: base and split
 # --------------------------------------------------------------------------------------------

@@ -556,8 +556,10 @@ class Btf:
         return BtfKind((btf._words[btf._starts[type_id - btf.start_id] + 1] >> 24) & 0x1F)
 
     def type(self, type_id: int) -> BtfType:
-        """Decode type ``type_id`` (cached). Void (0) has no record: CorruptError/KeyError-free,
-        raises :class:`CorruptError` for an id out of range, including 0."""
+        """Decode type ``type_id`` (cached; base types are decoded by the base).
+
+        Raises :class:`CorruptError` for an id out of range and for 0 (void has no record), and
+        for a bad string offset or type id inside the record (naming the field's offset)."""
         if type_id == 0:
             raise CorruptError("BTF type id 0 (void) has no record", path=self.source)
         btf = self._owner(type_id)
