@@ -559,7 +559,22 @@ class DwarfTypeSource:
             _advise(self._mmap, "MADV_RANDOM")
         except OSError as e:
             raise MissingDataError(f"cannot open vmlinux: {e.strerror}", path=self.path) from None
-        self._setup(self._mmap, fallback_max_units, fallback_max_seconds, thorough)
+        try:
+            self._setup(self._mmap, fallback_max_units, fallback_max_seconds, thorough)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Undo a half-finished constructor: release section views, unmap the file."""
+        for view in getattr(self, "_views", ()):
+            view.release()
+        whole = getattr(self, "_whole", None)
+        if whole is not None:
+            whole.release()
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
 
     @classmethod
     def from_buffer(cls, data: Buffer, *, path: str = "<memory>",
@@ -582,9 +597,9 @@ class DwarfTypeSource:
         self.fallback_max_seconds = max_seconds
         self.stats = DwarfStats()
         self.warnings: list[str] = []
+        self._views: list[memoryview] = []
         self.sections = read_elf_sections(buf, self.path)
         self._whole = memoryview(buf)
-        self._views: list[memoryview] = []
         info = self._section(".debug_info")
         if info is None:
             raise MissingDataError("no .debug_info section (a stripped vmlinux? use the one from "
@@ -603,12 +618,12 @@ class DwarfTypeSource:
         self._indexed: cachetools.LRUCache[int, _Unit] = cachetools.LRUCache(maxsize=48)
         # Units loaded only to follow a DW_FORM_ref_addr (not indexed).
         self._loaded: cachetools.LRUCache[int, _Unit] = cachetools.LRUCache(maxsize=16)
-        # Explicitly keyed caches: (abbrev offset, code) -> _Abbrev; lookups by (kind, name).
+        # Explicitly keyed caches: abbreviation tables by .debug_abbrev offset; lookups by
+        # (accepted tags, name).
         self._abbrev_tables: cachetools.LRUCache[int, _AbbrevTable] = cachetools.LRUCache(
             maxsize=256)
         self._lookup_cache: cachetools.Cache[tuple[str, str], _Die | None] = cachetools.LRUCache(
             maxsize=1024)
-        self._searched: set[str] = set()
         self._versions: set[int] = set()
 
     def close(self) -> None:
