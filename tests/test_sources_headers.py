@@ -214,6 +214,36 @@ def test_resolver_uses_headers(tmp_path: Path) -> None:
     assert res.value == 8 and res.chosen.source == "headers"
 
 
+def test_headers_of_another_release_are_warned(tmp_path: Path) -> None:
+    from kdlayout import resolver
+    from kdlayout.resolver import ResolveOptions, resolve
+
+    obj = make_tree(tmp_path)
+    vi = tmp_path / "vmcoreinfo"
+    vi.write_text("OSRELEASE=9.9.8-amd64\n")
+    result = resolve(None, ResolveOptions(headers=str(obj), vmcoreinfo=str(vi), use_cache=False))
+    assert any("9.9.9-amd64" in w and "9.9.8-amd64" in w for w in result.layout.warnings)
+    vi.write_text("OSRELEASE=9.9.9-amd64\n")
+    resolver._memory_cache.clear()
+    result = resolve(None, ResolveOptions(headers=str(obj), vmcoreinfo=str(vi), use_cache=False))
+    assert not [w for w in result.layout.warnings if "9.9.8" in w or "headers" in w]
+
+
+PRB_H = """
+struct prb_data_blk_lpos { unsigned long begin; unsigned long next; };
+struct prb_desc { long state_var; struct prb_data_blk_lpos text_blk_lpos; };
+"""
+
+
+def test_in_tree_build_includes_private_printk_header(tmp_path: Path) -> None:
+    obj = make_tree(tmp_path)  # src == obj: a configured kernel source tree
+    (obj / "kernel/printk").mkdir(parents=True)
+    (obj / "kernel/printk/printk_ringbuffer.h").write_text(PRB_H)
+    f = facts_of(headers.HeadersTypeSource(obj, use_disk_cache=False))
+    assert f["SIZE(prb_desc)"] == 24 and f["OFFSET(prb_desc.text_blk_lpos)"] == 8
+    assert f["OFFSET(prb_data_blk_lpos.next)"] == 8
+
+
 # ---- real Debian trees -----------------------------------------------------------------------
 
 FETCH = "no Debian headers tree: run python tools/fetch_headers.py"

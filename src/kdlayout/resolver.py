@@ -136,11 +136,45 @@ def _provide_kallsyms(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
     facts: list[Fact] = []
     for name in sorted(wanted):
         addr = found.table.lookup(name)
-        if addr is not None:
-            ctx.symbols[name] = addr
-            facts.append(Fact(f"SYMBOL({name})", addr, "kallsyms", found.describe()))
+        if addr is None:
+            continue
+        ctx.symbols[name] = addr
+        if name in _EXPORTED_BY_VALUE:
+            fact = _symbol_by_value(ctx, name, addr, found.describe())
+            if fact is not None:
+                facts.append(fact)
+            continue
+        facts.append(Fact(f"SYMBOL({name})", addr, "kallsyms", found.describe()))
     ctx.extra["symbol_table"] = found.table
     return facts, found.describe()
+
+
+# VMCOREINFO_SYMBOL_ARRAY() exports an array's value, not the address of the variable: for
+# SPARSEMEM_EXTREME's ``struct mem_section **mem_section`` that is the pointer stored in it.
+# Linux kernel commit a0b1280368d1 ("kdump: write correct address of mem_section into
+# vmcoreinfo") (in v4.15).
+_EXPORTED_BY_VALUE = frozenset({"mem_section"})
+_DIRECT_MAP = (0xFF00_0000_0000_0000, 0xFFFF_FFFF_8000_0000)
+
+
+def _symbol_by_value(ctx: ResolveContext, name: str, addr: int, where: str) -> Fact | None:
+    """``SYMBOL(name)`` with VMCOREINFO's meaning, from kallsyms' ``&name``.
+
+    Under SPARSEMEM_EXTREME the variable holds a pointer to the section roots, allocated from
+    the direct map and 8-byte aligned; under static SPARSEMEM the variable *is* the array, and
+    its first word is section 0's ``section_mem_map`` with the PRESENT/HAS_MEM_MAP bits set.
+    """
+    from .kimage import KernelImage
+
+    assert ctx.dump is not None
+    try:
+        value = KernelImage(ctx.dump, ctx.vmcoreinfo).read_u64(addr)
+    except KdlayoutError:
+        return None
+    if _DIRECT_MAP[0] <= value < _DIRECT_MAP[1] and value % 8 == 0:
+        return Fact(f"SYMBOL({name})", value, "kallsyms",
+                    f"*&{name} = *{addr:#x} (a pointer: SPARSEMEM_EXTREME); {where}")
+    return Fact(f"SYMBOL({name})", addr, "kallsyms", f"&{name} (the array itself); {where}")
 
 
 def _provide_dump_btf(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
@@ -184,6 +218,11 @@ def _provide_headers(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
     from .sources.headers import HeadersTypeSource
 
     src = HeadersTypeSource(ctx.options.headers)
+    dump_release = ctx.vmcoreinfo.osrelease if ctx.vmcoreinfo is not None else None
+    if src.release and dump_release and src.release != dump_release:
+        ctx.extra.setdefault("warnings", []).append(  # type: ignore[attr-defined]
+            f"headers {ctx.options.headers} are of {src.release}, the dump's kernel is "
+            f"{dump_release}")
     return type_facts(src), src.describe()
 
 
