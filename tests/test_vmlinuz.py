@@ -372,3 +372,18 @@ def test_mutated_elf_fails_cleanly(data: st.DataObject) -> None:
     except KdlayoutError as e:
         assert e.path == "mutant.elf"
     assert time.perf_counter() - t0 < 2
+
+
+def test_lzma_header_is_checked_before_decoding() -> None:
+    raw = real_elf_with_btf()
+    good = compress_with_tool("lzma", raw)
+    assert decompress(good, source="ok") == raw
+    for patch in (b"\x5d\x00\x00\x00\x00", b"\x5d\xff\xff\xff\xff", b"\xe1\x00\x00\x80\x00"):
+        bad = patch + good[5:]
+        with pytest.raises(KdlayoutError) as ei:
+            decompress(bad, source="bad.lzma", offset=0x40)
+        assert ei.value.offset == 0x40
+    # A lying size field larger than the output limit.
+    lying = good[:5] + struct.pack("<Q", 1 << 40) + good[13:]
+    with pytest.raises(CorruptError):
+        decompress(lying, source="big.lzma", limit=1 << 30)

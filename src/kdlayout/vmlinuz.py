@@ -132,6 +132,16 @@ def _xz(data: memoryview, limit: int, source: str, offset: int) -> bytes:
 
 
 def _lzma_alone(data: memoryview, limit: int, source: str, offset: int) -> bytes:
+    # The .lzma header: properties byte (lc/lp/pb, < 225), dictionary size, uncompressed size
+    # (-1 = unknown, end marker). 5d 00 00 is common in any binary: check the header is sane
+    # before decoding, so a scan does not decode garbage.
+    if len(data) < 13:
+        raise CorruptError("lzma header truncated", path=source, offset=offset)
+    props, dict_size, size = struct.unpack_from("<BIQ", data, 0)
+    if props >= 225 or not 4096 <= dict_size <= 1 << 30 or (size != (1 << 64) - 1
+                                                           and size > limit):
+        raise CorruptError(f"implausible lzma header (props {props:#x}, dictionary {dict_size:#x},"
+                           f" size {size:#x})", path=source, offset=offset)
     return _lzma(data, limit, source, offset, lzma.FORMAT_ALONE)
 
 
