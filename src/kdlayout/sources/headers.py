@@ -113,8 +113,11 @@ def find_tree(path: str | os.PathLike[str]) -> HeadersTree:
     if not obj.is_dir():
         raise MissingDataError("no such headers directory", path=str(obj))
     if not (obj / "include" / "generated" / "autoconf.h").is_file():
-        raise CorruptError("not a configured linux-headers tree (no include/generated/autoconf.h)",
-                           path=str(obj))
+        hint = ""
+        if obj.name.endswith("-common"):
+            hint = f"; pass the configured half, e.g. {obj.name.removesuffix('-common')}-amd64"
+        raise CorruptError("not a configured linux-headers tree (no include/generated/autoconf.h)"
+                           + hint, path=str(obj))
     src: Path | None = None
     if (obj / "include" / "linux" / "mm_types.h").is_file():
         src = obj
