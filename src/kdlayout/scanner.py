@@ -57,6 +57,8 @@ __all__ = [
     "WindowResult",
     "count_classes",
     "excluded_mask",
+    "iter_scan",
+    "primary_classes",
     "scan",
 ]
 
@@ -104,27 +106,38 @@ def excluded_mask(codes: np.ndarray, dump_level: int) -> np.ndarray:
     return out
 
 
-def count_classes(codes: np.ndarray, valid: np.ndarray, dump_level: int) -> dict[str, int]:
-    """Excluded pages per class at ``dump_level``, attributed like makedumpfile: free, then
-    non-private cache, private cache, user data, hwpoison, offline, and zero last (makedumpfile
-    tests the content only of pages still dumpable)."""
-    c = codes[valid & excluded_mask(codes, dump_level)]
+def primary_classes(codes: np.ndarray, dump_level: int) -> np.ndarray:
+    """Per page, the index in :data:`CLASS_NAMES` of the rule that drops it at ``dump_level``
+    (first match in makedumpfile's order: free, non-private cache, private cache, user data,
+    hwpoison, offline, and zero last, since makedumpfile tests the content only of pages still
+    dumpable), or ``len(CLASS_NAMES)`` for a kept page."""
+    c = codes.astype(np.uint8, copy=False)
     lv = dump_level
+    none = np.zeros(c.shape, dtype=bool)
 
     def has(bit: int) -> np.ndarray:
         r: np.ndarray = (c & np.uint8(bit)) != 0
         return r
 
     conds = [
-        has(PageClass.FREE) if lv & PageClass.FREE else np.zeros(len(c), bool),
-        (has(PageClass.CACHE) & (bool(lv & PageClass.CACHE) | bool(lv & PageClass.CACHE_PRIVATE))),
-        has(PageClass.CACHE_PRIVATE) if lv & PageClass.CACHE_PRIVATE else np.zeros(len(c), bool),
-        has(PageClass.USER) if lv & PageClass.USER else np.zeros(len(c), bool),
+        has(PageClass.FREE) if lv & PageClass.FREE else none,
+        has(PageClass.CACHE) if lv & (PageClass.CACHE | PageClass.CACHE_PRIVATE) else none,
+        has(PageClass.CACHE_PRIVATE) if lv & PageClass.CACHE_PRIVATE else none,
+        has(PageClass.USER) if lv & PageClass.USER else none,
         has(PageClass.HWPOISON),
         has(PageClass.OFFLINE),
-        has(PageClass.ZERO) if lv & PageClass.ZERO else np.zeros(len(c), bool),
+        has(PageClass.ZERO) if lv & PageClass.ZERO else none,
     ]
-    which = np.select(conds, list(range(len(CLASS_NAMES))), default=len(CLASS_NAMES))
+    which: np.ndarray = np.select(conds, list(range(len(CLASS_NAMES))),
+                                  default=len(CLASS_NAMES)).astype(np.uint8)
+    which[has(PageClass.ANOMALY)] = len(CLASS_NAMES)
+    return which
+
+
+def count_classes(codes: np.ndarray, valid: np.ndarray, dump_level: int) -> dict[str, int]:
+    """Excluded pages per class at ``dump_level`` among ``valid`` pages, attributed like
+    makedumpfile's report (see :func:`primary_classes`)."""
+    which = primary_classes(codes[valid], dump_level)
     hist = np.bincount(which, minlength=len(CLASS_NAMES) + 1)
     return {name: int(hist[i]) for i, name in enumerate(CLASS_NAMES)}
 
@@ -355,7 +368,6 @@ class Scanner:
             self._fields["slab"] = _Field(s.slab.type_rule.field_offset,
                                           s.slab.type_rule.field_size)
         self.lookahead = max(f.page(self.psize) for f in self._fields.values())
-        self.align = 1 << max(s.free.max_page_order, 0)
         # Largest compound order the memory model allows (orders beyond it are anomalies).
         mpb = s.memory.max_physmem_bits or 52
         self.max_compound_order = mpb - self.page_shift
@@ -407,7 +419,7 @@ class Scanner:
 
     # --- reading struct pages
 
-    def _read_block(self, start: int, n: int) -> _Block:
+    def _read_block(self, start: int, n: int, anomalies: _Anomalies | None = None) -> _Block:
         """Fields of pfns ``[start, start + n + lookahead)``, zero where no struct page."""
         total = n + self.lookahead + 1
         end = start + total
@@ -424,8 +436,11 @@ class Scanner:
             try:
                 raw = self.dump.view(c.paddr + (lo - c.start_pfn) * self.psize,
                                      (hi - lo) * self.psize)
-            except KdlayoutError:
-                continue   # memmap model already reported it; pages stay unclassified (kept)
+            except KdlayoutError as exc:
+                if anomalies is not None:
+                    anomalies.add("memmap-not-in-dump", f"struct pages not readable: {exc}",
+                                  np.arange(lo, min(hi, start + n), dtype=np.int64))
+                continue   # pages stay unclassified (kept)
             rows = raw.reshape(hi - lo, self.psize)
             words = (rows.view("<u8") if self.psize % 8 == 0 and raw.ctypes.data % 8 == 0
                      else None)
@@ -575,7 +590,7 @@ class Scanner:
 
     def classify_block(self, start: int, n: int, anomalies: _Anomalies) -> np.ndarray:
         """Class codes (without ZERO) of pfns ``[start, start + n)``."""
-        b = self._read_block(start, n)
+        b = self._read_block(start, n, anomalies)
         total = len(b.has)
         pfns = np.arange(start, start + total, dtype=np.int64)
         allidx = np.arange(total, dtype=np.int64)
@@ -630,21 +645,41 @@ class Scanner:
                           tp[bad])
             code[ti] = np.where(good, hcode, np.uint8(PageClass.ANOMALY))
 
-        # free blocks: the head's order covers the following pages
+        # free blocks: the head's order covers the following pages, up to the block's end (the
+        # next block looks behind for it)
         fi = np.nonzero(free_len[:n] > 1)[0]
-        if len(fi):
-            ends = fi + free_len[fi]
-            over = ends > n
-            anomalies.add("free-range", "free block reaching beyond its aligned block",
-                          pfns[fi[over]])
-            fi, ends = fi[~over], ends[~over]
+        starts = [fi]
+        ends = [np.minimum(fi + free_len[fi], n)]
+        back = self._free_behind(start)
+        if back:
+            starts.append(np.zeros(1, dtype=np.int64))
+            ends.append(np.array([min(back, n)], dtype=np.int64))
+        fs, fe = np.concatenate(starts), np.concatenate(ends)
+        if len(fs):
             diff = np.zeros(n + 1, dtype=np.int64)
-            np.add.at(diff, fi, 1)
-            np.add.at(diff, ends, -1)
+            np.add.at(diff, fs, 1)
+            np.add.at(diff, fe, -1)
             covered = np.cumsum(diff[:n]) > 0
             keep_anom = (code[:n] & np.uint8(PageClass.ANOMALY)) != 0
             code[:n] |= np.where(covered & ~keep_anom, np.uint8(PageClass.FREE), np.uint8(0))
         return code[:n]
+
+    def _free_behind(self, start: int) -> int:
+        """How many pages from ``start`` on a free block that begins before ``start`` covers.
+
+        Free blocks are aligned to their size, so their head is ``start`` rounded down to some
+        power of two up to the largest order: at most that many struct pages are read.
+        """
+        cands = sorted({start & ~((1 << j) - 1) for j in range(1, self.sem.free.max_page_order + 1)}
+                       - {start})
+        if not cands:
+            return 0
+        heads = np.array(cands, dtype=np.int64)
+        ob = self._read_pages(heads)
+        rows = np.arange(len(heads), dtype=np.int64) * (self.lookahead + 1)
+        _, _, _, flen = self._own_codes(ob, rows, heads, _Anomalies())
+        reach = heads + flen - start
+        return int(reach.max()) if len(reach) and reach.max() > 0 else 0
 
     # --- valid pages and content
 
@@ -700,8 +735,8 @@ def _is_mask(info: np.ndarray) -> np.ndarray:
     return r
 
 
-def _blocks(max_pfn: int, size: int, align: int) -> list[tuple[int, int]]:
-    size = max(align, -(-size // align) * align)
+def _blocks(max_pfn: int, size: int) -> list[tuple[int, int]]:
+    size = max(8, -(-size // 8) * 8)        # whole bytes of the packed bitmaps
     return [(s, min(size, max_pfn - s)) for s in range(0, max_pfn, size)]
 
 
@@ -734,14 +769,14 @@ def iter_scan(scanner: Scanner, *, dump_level: int, window_pages: int,
               threads: int = 2, keep_codes: bool = False,
               anomalies: dict[str, ScanAnomaly] | None = None,
               timings: dict[str, float] | None = None) -> Iterator[WindowResult]:
-    """Scan window by window (windows aligned to the largest free block), in pfn order.
+    """Scan window by window (``window_pages`` rounded up to a multiple of 8), in pfn order.
 
     At most ``threads + 1`` windows are in flight, so memory stays bounded by the window size.
     Anomalies and per-phase seconds (summed over threads) accumulate in the given dicts.
     """
     if not 0 <= dump_level <= 31:
         raise ValueError(f"dump level {dump_level} is not in 0..31")
-    blocks = _blocks(scanner.max_pfn, window_pages, scanner.align)
+    blocks = _blocks(scanner.max_pfn, window_pages)
     merged = _Anomalies()
     tim: dict[str, float] = {} if timings is None else timings
     per_thread: list[dict[str, float]] = []
