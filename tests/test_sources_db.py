@@ -173,6 +173,22 @@ def test_not_json(tmp_path: Path, text: str) -> None:
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000,
+                                  '{"schema_version": ' + "9" * 5000 + "}"])
+def test_hostile_json_is_one_line_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "x.json"
+    path.write_text(text)
+    with pytest.raises(CorruptError) as err:
+        db.read_entry(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
+def test_unreadable_entry_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "6.1.0-test" / f"{BID_A}.json").mkdir(parents=True)  # a directory, not a file
+    with pytest.raises(MissingDataError, match="cannot read"):
+        db.DbSource(tmp_path, build_id=BID_A, release=None)
+
+
 # ---- lookup ----------------------------------------------------------------------------------
 
 def _entry_with_created(tmp_path: Path, build_id: str, created: str, page_size: int) -> None:

@@ -159,6 +159,20 @@ def test_missing_header_is_one_line_error(tmp_path: Path) -> None:
         headers.HeadersTypeSource(obj, use_disk_cache=False)
 
 
+@pytest.mark.parametrize("text", [
+    "#include <linux/mm_types.h>\n",          # includes itself forever: clang's depth limit
+    "\x00\x01garbage\xff{{{ struct\n",
+])
+def test_hostile_headers_fail_quickly_with_one_line(tmp_path: Path, text: str) -> None:
+    obj = make_tree(tmp_path, text)
+    start = time.monotonic()
+    with pytest.raises(CorruptError) as err:
+        headers.HeadersTypeSource(obj, use_disk_cache=False)
+    assert time.monotonic() - start < 60
+    msg = str(err.value)
+    assert "\n" not in msg and "mm_types.h" in msg and "line " in msg
+
+
 def test_not_a_tree(tmp_path: Path) -> None:
     with pytest.raises(KdlayoutError, match="no such headers directory"):
         headers.HeadersTypeSource(tmp_path / "nope")

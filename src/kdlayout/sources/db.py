@@ -284,17 +284,32 @@ def parse_entry(data: object, *, path: str) -> DbEntry:
                    tuple(sources), tuple(raw_warnings))
 
 
+#: Entries are a few tens of KiB; anything far larger is not an entry.
+MAX_ENTRY_BYTES = 16 << 20
+
+
 def read_entry(path: str | os.PathLike[str]) -> DbEntry:
     """Read and validate one entry file."""
     p = str(path)
     try:
-        with open(p, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(p, "rb") as f:
+            raw = f.read(MAX_ENTRY_BYTES + 1)
+    except OSError as exc:
+        raise MissingDataError(f"cannot read layout database entry: {exc.strerror or exc}",
+                               path=p) from None
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise CorruptError(f"larger than {MAX_ENTRY_BYTES} bytes: not a layout database entry",
+                           path=p, offset=MAX_ENTRY_BYTES)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CorruptError(f"not UTF-8 text: {exc.reason}", path=p, offset=exc.start) from None
     except json.JSONDecodeError as exc:
         raise CorruptError(f"line {exc.lineno} column {exc.colno}: not JSON: {exc.msg}",
                            path=p) from None
-    except UnicodeDecodeError as exc:
-        raise CorruptError(f"not UTF-8 text: {exc.reason}", path=p, offset=exc.start) from None
+    except (ValueError, RecursionError) as exc:  # e.g. integers too long, nesting too deep
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CorruptError(f"not usable JSON: {msg}", path=p) from None
     return parse_entry(data, path=p)
 
 

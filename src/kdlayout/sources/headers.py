@@ -415,17 +415,17 @@ class HeadersTypeSource:
 
     def __init__(self, path: str | os.PathLike[str], *, types: Sequence[str] | None = None,
                  enums: Sequence[str] | None = None, use_disk_cache: bool = True) -> None:
-        self.tree = find_tree(path)
         wanted_types = list(types) if types is not None else _catalogue_types()
         wanted_enums = list(enums) if enums is not None else list(ENUM_QUERIES)
         try:
+            self.tree = find_tree(path)
             self.model = load_model(self.tree, wanted_types, wanted_enums,
                                     use_disk=use_disk_cache)
         except KdlayoutError:
             raise
         except OSError as exc:
             raise CorruptError(f"cannot read the headers tree: {exc.strerror or exc}",
-                               path=str(exc.filename or self.tree.obj)) from exc
+                               path=str(exc.filename or path)) from exc
 
     @property
     def release(self) -> str | None:
