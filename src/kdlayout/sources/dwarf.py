@@ -372,12 +372,12 @@ def read_elf_sections(buf: Buffer, path: str) -> dict[str, ElfSection]:
     return out
 
 
-def _decompress(raw: bytes, sec: ElfSection, path: str) -> bytes:
+def _decompress(raw: memoryview, sec: ElfSection, path: str) -> bytes:
     """Contents of an ``SHF_COMPRESSED`` or legacy ``.zdebug`` section."""
     if sec.name.startswith(".zdebug"):
-        if raw[:4] != b"ZLIB" or len(raw) < 12:
+        if bytes(raw[:4]) != b"ZLIB" or len(raw) < 12:
             raise CorruptError(f"{sec.name} has no ZLIB header", path=path, offset=sec.offset)
-        want = int.from_bytes(raw[4:12], "big")
+        want = int.from_bytes(bytes(raw[4:12]), "big")
         kind, payload = ELFCOMPRESS_ZLIB, raw[12:]
     else:
         if len(raw) < 24:
@@ -663,8 +663,11 @@ class DwarfTypeSource:
                                f"past the end of the {len(self._buf):#x}-byte file (truncated?)",
                                path=self.path, offset=sec.offset)
         if compressed or sec.flags & SHF_COMPRESSED:
-            raw = bytes(self._buf[sec.offset:sec.offset + sec.size])
-            return _Section(name, _decompress(raw, sec, self.path), sec.offset, True)
+            raw = self._whole[sec.offset:sec.offset + sec.size]
+            try:
+                return _Section(name, _decompress(raw, sec, self.path), sec.offset, True)
+            finally:
+                raw.release()
         view = self._whole[sec.offset:sec.offset + sec.size]
         self._views.append(view)
         return _Section(name, view, sec.offset, False)
