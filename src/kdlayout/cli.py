@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KdlayoutError as exc:
         print(f"kdlayout: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (``| head``): not an error of ours. Point stdout at /dev/null so
+        # the interpreter's final flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"kdlayout: {where}{exc.strerror or exc}", file=sys.stderr)

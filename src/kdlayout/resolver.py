@@ -275,6 +275,22 @@ def _file_identity(path: str | None) -> list[object]:
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
 
+_code_digest: list[str] = []
+
+
+def _code_fingerprint() -> str:
+    """A digest of kdlayout's own sources: a cached layout never outlives the code that made it,
+    even between releases (computed once per process; about a megabyte of text)."""
+    if not _code_digest:
+        h = hashlib.sha256()
+        root = Path(__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+        _code_digest.append(h.hexdigest()[:16])
+    return _code_digest[0]
+
+
 def _disk_key(ctx: ResolveContext) -> str | None:
     """Cache key: the kernel's build id plus everything that could change the answer."""
     info = ctx.vmcoreinfo
@@ -284,7 +300,8 @@ def _disk_key(ctx: ResolveContext) -> str | None:
     h = hashlib.sha256()
     raw = ctx.dump.vmcoreinfo if ctx.dump is not None else None
     ident = [
-        CACHE_SCHEMA, __version__, repr(catalogue.TYPE_QUERIES), repr(catalogue.ENUM_QUERIES),
+        CACHE_SCHEMA, __version__, _code_fingerprint(), repr(catalogue.TYPE_QUERIES),
+        repr(catalogue.ENUM_QUERIES),
         repr(catalogue.SYMBOL_QUERIES),
         hashlib.sha256(raw).hexdigest() if raw else None,
         _file_identity(ctx.options.vmcoreinfo), _file_identity(ctx.options.vmlinux),

@@ -9,7 +9,8 @@ from typing import TextIO
 
 from ..dumpfile import open_dump
 from ..layout import Layout
-from ..resolver import ResolveOptions, ResolveResult, resolve
+from ..resolver import ResolveResult, resolve
+from .common import add_source_arguments, resolve_options
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,21 +21,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "from optional files; show where each fact came from and where sources "
                     "disagree.")
     p.add_argument("vmcore", metavar="VMCORE")
-    p.add_argument("--vmlinux", metavar="F", help="vmlinux with DWARF of the crashed kernel")
-    p.add_argument("--btf", metavar="F", help="BTF: raw, a vmlinux .BTF section, or a vmlinuz")
-    p.add_argument("--headers", metavar="DIR", help="linux-headers tree of the crashed kernel")
-    p.add_argument("--db", metavar="DIR", help="layout database directory")
-    p.add_argument("-i", "--vmcoreinfo", metavar="FILE", help="VMCOREINFO text file")
-    p.add_argument("--no-cache", action="store_true", help="ignore the on-disk layout cache")
+    add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    options = ResolveOptions(vmlinux=args.vmlinux, btf=args.btf, headers=args.headers,
-                             db=args.db, vmcoreinfo=args.vmcoreinfo, use_cache=not args.no_cache)
     with open_dump(args.vmcore) as dump:
-        result = resolve(dump, options)
+        result = resolve(dump, resolve_options(args))
     if args.json:
         out = result.layout.to_json()
         out["sources"] = [vars(s) for s in result.sources]
