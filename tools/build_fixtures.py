@@ -805,7 +805,9 @@ def main(argv: list[str] | None = None) -> int:
                 fut.result()
             except Exception as e:
                 failures += 1
-                log(f"{j.name}: FAILED: {type(e).__name__}: {e}")
+                log(f"{j.name}: FAILED: {type(e).__name__}: {e} (console: {cache / 'fixtures' / j.name / 'console.log'})")
+                for w in (cache / "build").glob(f"kdl-{j.name}-*"):
+                    shutil.rmtree(w, ignore_errors=True)
     return 1 if failures else 0
 
 
