@@ -282,7 +282,13 @@ def fetch_bytes(url: str, retries: int = 3) -> bytes:
 def download(url: str, dest: Path, sha256: str, size: int | None = None, retries: int = 3) -> Path:
     """Stream url to dest (atomically), verifying its SHA256; skip if dest already matches."""
     if dest.exists() and (size is None or dest.stat().st_size == size):
-        return dest
+        h = hashlib.sha256()
+        with open(dest, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        if h.hexdigest() == sha256:
+            return dest
+        dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for attempt in range(retries):
