@@ -407,3 +407,54 @@ def test_peer_makedumpfile_runs() -> None:
     out = subprocess.run([*tool.command, "-v"], capture_output=True, text=True, timeout=60)
     assert re.search(r"makedumpfile: version 1\.7\.\d+", out.stdout + out.stderr)
     assert tool.version.split(":")[-1].startswith("1.7.")
+
+
+def test_download_verifies_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"kdlayout" * 1000)
+    good = hashlib.sha256(src.read_bytes()).hexdigest()
+    dest = tmp_path / "out" / "a.bin"
+    assert fd.download(src.as_uri(), dest, good, src.stat().st_size) == dest
+    assert dest.read_bytes() == src.read_bytes()
+    with pytest.raises(fd.ArchiveError, match="SHA256"):
+        fd.download(src.as_uri(), tmp_path / "out" / "b.bin", "00" * 32, retries=1)
+    assert not (tmp_path / "out" / "b.bin").exists()
+    assert not list((tmp_path / "out").glob("b.bin.part*"))
+    # a cached file that no longer matches is fetched again
+    dest.write_bytes(b"x" * src.stat().st_size)
+    fd.download(src.as_uri(), dest, good, src.stat().st_size)
+    assert dest.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed")
+def test_stream_extract_first_follows_to_regular_file(tmp_path: Path) -> None:
+    import hashlib
+
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: linux-image-9.9.9-amd64-dbg\nVersion: 1\nArchitecture: amd64\n"
+        "Maintainer: t <t@example.org>\nDescription: t\n")
+    real = root / "usr/lib/debug/lib/modules/9.9.9-amd64/vmlinux"
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"\x7fELF" + b"\1" * 5000)
+    (root / "usr/lib/debug/boot").mkdir(parents=True)
+    (root / "usr/lib/debug/boot/vmlinux-9.9.9-amd64").symlink_to("../lib/modules/9.9.9-amd64/vmlinux")
+    debfile = tmp_path / "repo" / "x.deb"
+    debfile.parent.mkdir()
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(debfile)], check=True,
+                   capture_output=True)
+    data = debfile.read_bytes()
+    rec = fd.PackageRecord("linux-image-9.9.9-amd64-dbg", "1", "linux", "x.deb", hashlib.sha256(data).hexdigest(),
+                           len(data), (), (tmp_path / "repo").as_uri(), "test")
+    dst = tmp_path / "vmlinux-dbg"
+    work = tmp_path / "work"
+    work.mkdir()
+    kept = fd.stream_extract_first(
+        rec, ["./usr/lib/debug/boot/vmlinux-9.9.9-amd64", "./usr/lib/debug/lib/modules/9.9.9-amd64/vmlinux"],
+        dst, work)
+    assert kept == "./usr/lib/debug/lib/modules/9.9.9-amd64/vmlinux"
+    assert dst.read_bytes() == real.read_bytes()
+    assert list(work.iterdir()) == []  # the downloaded .deb was deleted
