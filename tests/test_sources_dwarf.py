@@ -457,6 +457,18 @@ def test_strx_names_priority_and_fallback(tree_objects: dict[str, Path]) -> None
     assert src.type_size("definitely_not_a_kernel_type") is None
 
 
+def test_total_fallback_budget(tree_objects: dict[str, Path],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdlayout.sources.dwarf as dwarf_mod
+
+    monkeypatch.setattr(dwarf_mod, "FALLBACK_TOTAL_SECONDS", -1.0)
+    src = DwarfTypeSource(tree_objects["plain"])
+    assert src.type_size("page") == 24                # the priority unit needs no search
+    assert src.type_size("only_here") is None
+    assert src.stats.fallback_searches == 0
+    assert any("skipped" in w for w in src.warnings)
+
+
 @needs_drgn
 @pytest.mark.parametrize("kind", ["plain", "lto", "clang"])
 def test_tree_equals_drgn(tree_objects: dict[str, Path], kind: str) -> None:

@@ -181,6 +181,8 @@ PRIORITY_CUS: tuple[str, ...] = (
 #: Bounds for the string-search fallback: units decoded and seconds spent per missing name.
 FALLBACK_MAX_UNITS = 256
 FALLBACK_MAX_SECONDS = 30.0
+#: ... and for all names of one source together: past this, missing names are not searched.
+FALLBACK_TOTAL_SECONDS = 120.0
 # Bytes of each unit's top DIE searched for its DW_AT_name.
 _HEAD_BYTES = 256
 # Type chains longer than this are treated as corrupt (cycles in malformed input).
@@ -1142,6 +1144,10 @@ class DwarfTypeSource:
 
     def _search(self, tags: tuple[int, ...], name: str) -> _Die | None:
         """Find units mentioning ``name`` by searching for its string, and index those."""
+        if self.stats.fallback_seconds > FALLBACK_TOTAL_SECONDS:
+            self.warnings.append(f"DWARF search for {name!r} skipped: fallback searches already "
+                                 f"took {self.stats.fallback_seconds:.0f}s")
+            return None
         t0 = time.monotonic()
         self.stats.fallback_searches += 1
         try:
