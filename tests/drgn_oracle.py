@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdlayout.catalogue import ENUM_QUERIES, TYPE_QUERIES
+from kdlayout.catalogue import ENUM_QUERIES, ENUMERATOR_QUERIES, TYPE_QUERIES
 
 
 def load_program(vmlinux: Path, core: Path | None = None) -> Any:
@@ -87,4 +87,9 @@ def catalogue_facts(prog: Any) -> dict[str, int]:
             continue
         for e in tp.enumerators or ():
             facts[f"NUMBER({e.name})"] = e.value
+    for name in ENUMERATOR_QUERIES:
+        try:
+            facts[f"NUMBER({name})"] = prog.constant(name).value_()
+        except LookupError:
+            continue
     return facts

@@ -40,7 +40,7 @@ TYPE_QUERIES: tuple[TypeQuery, ...] = (
                               "node_spanned_pages", "node_id", "node_mem_map"),
               arrays=("node_zones",)),
     TypeQuery("zone", ("free_area", "zone_start_pfn", "spanned_pages", "present_pages", "name",
-                       "zone_pgdat"), arrays=("free_area",)),
+                       "zone_pgdat", "vmemmap_tails"), arrays=("free_area",)),
     TypeQuery("free_area", ("free_list", "nr_free"), arrays=("free_list",)),
     TypeQuery("list_head", ("next", "prev")),
     TypeQuery("uts_namespace", ("name",)),
@@ -61,6 +61,14 @@ ENUM_QUERIES: tuple[str, ...] = (
     "compound_dtor_id",   # HUGETLB_PAGE_DTOR (5.x-6.x, before PG_hugetlb)
     "zone_type",
     "migratetype",
+)
+
+# Enumerators of enums that have no name (so ENUM_QUERIES cannot reach them), as NUMBER(name).
+ENUMERATOR_QUERIES: tuple[str, ...] = (
+    # include/linux/mmzone.h: the section_mem_map flag bits.
+    "SECTION_MARKED_PRESENT_BIT", "SECTION_HAS_MEM_MAP_BIT", "SECTION_IS_ONLINE_BIT",
+    "SECTION_IS_EARLY_BIT", "SECTION_TAINT_ZONE_DEVICE_BIT", "SECTION_IS_VMEMMAP_PREINIT_BIT",
+    "SECTION_MAP_LAST_BIT",
 )
 
 # Kernel symbols the later stages need.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from ..catalogue import ENUM_QUERIES, TYPE_QUERIES
+from ..catalogue import ENUM_QUERIES, ENUMERATOR_QUERIES, TYPE_QUERIES
 from ..layout import Fact
 
 
@@ -78,4 +78,11 @@ def type_facts(src: TypeSource) -> list[Fact]:
             continue
         for name, value in values.items():
             facts.append(Fact(f"NUMBER({name})", value, src.kind, f"{origin} enum {enum_name}"))
+    # Optional: sources that can search every enum, named or not, answer ENUMERATOR_QUERIES.
+    find = getattr(src, "enumerator", None)
+    if find is not None:
+        for name in ENUMERATOR_QUERIES:
+            found = find(name)
+            if found is not None:
+                facts.append(Fact(f"NUMBER({name})", found, src.kind, f"{origin} enumerator"))
     return facts

@@ -64,3 +64,10 @@ class BtfTypeSource:
             return self.btf.enumerators(enum_name)
         except MissingDataError:
             return None
+
+    def enumerator(self, name: str) -> int | None:
+        """Value of enumerator ``name`` in any enum (named or anonymous); None if absent."""
+        try:
+            return self.btf.enum_value(None, name)
+        except MissingDataError:
+            return None
