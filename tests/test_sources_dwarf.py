@@ -369,6 +369,9 @@ def test_describe_and_stats(compiled: dict[str, Path]) -> None:
     assert "OFFSET(page.compound_head)" in keys and "NUMBER(PG_slab)" in keys
     assert "OFFSET(page.compound_info)" not in keys
     assert all(f.source == "dwarf" for f in facts)
+    # the origin names the DWARF version even when type_facts asks describe() first
+    fresh = type_facts(DwarfTypeSource(compiled["dwarf5"]))
+    assert fresh and all("(DWARF 5)" in f.origin for f in fresh)
 
 
 # ---- how units are picked: a kernel-like source tree ----------------------------------------

@@ -1359,7 +1359,9 @@ class DwarfTypeSource:
         return die if target is not None and target.tag in _COMPOSITE_TAGS else None
 
     def describe(self) -> str:
-        """The vmlinux path and the DWARF versions seen so far."""
+        """The vmlinux path and the DWARF versions of its units."""
+        with contextlib.suppress(KdlayoutError):
+            self.units()          # cheap, and needed for any answer anyway
         versions = "/".join(str(v) for v in sorted(self._versions)) or "?"
         return f"{self.path} .debug_info (DWARF {versions})"
 
