@@ -314,3 +314,45 @@ def test_byte_mutations_fail_cleanly_and_quickly() -> None:
             outcomes["error"] += 1
         assert time.process_time() - t < 2
     assert outcomes["error"] > 0
+
+
+def _without_table_symbols(mem: BlobMemory) -> BlobMemory:
+    vi = mem.vmcoreinfo
+    assert vi is not None
+    kept = b"\n".join(line for line in vi.split(b"\n")
+                      if not line.startswith(b"SYMBOL(kallsyms_"))
+    return BlobMemory(mem.read(0x1000000, mem.ranges()[0].size), vmcoreinfo=kept)
+
+
+def test_synthetic_scan_without_vmcoreinfo_tables() -> None:
+    mem, addrs = build_image(SYMS, extra_vmcoreinfo=KNOWN)
+    result = load_kallsyms(KernelImage(_without_table_symbols(mem)))
+    prov = result.provenance
+    assert prov.located_by == "scan"
+    assert prov.locations.names == addrs["kallsyms_names"]
+    assert prov.locations.token_index == addrs["kallsyms_token_index"]
+    assert prov.address_table == addrs["kallsyms_offsets"]
+    assert result.table.names == [n for _, n, _ in SYMS]
+
+
+def test_scan_mutations_fail_cleanly_and_quickly() -> None:
+    mem, addrs = build_image(SYMS, extra_vmcoreinfo=KNOWN)
+    clean = _without_table_symbols(mem)
+    base = bytearray(clean.read(0x1000000, clean.ranges()[0].size))
+    lo = addrs["kallsyms_num_syms"] - TEXT
+    hi = addrs["kallsyms_relative_base"] - TEXT + 8
+    rng = random.Random(99)
+    errors = 0
+    for _ in range(60):
+        blob = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            blob[rng.randrange(lo, hi)] = rng.randrange(256)
+        bad = BlobMemory(bytes(blob), vmcoreinfo=clean.vmcoreinfo)
+        t = time.process_time()
+        try:
+            load_kallsyms(KernelImage(bad))
+        except KdlayoutError as exc:
+            _one_line(exc)
+            errors += 1
+        assert time.process_time() - t < 2
+    assert errors > 0

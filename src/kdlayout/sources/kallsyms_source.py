@@ -49,7 +49,13 @@ from ..kallsyms import (
     split_names,
     split_names_detect,
 )
-from ..kimage import KernelImage, VmcoreInfoLike, vmcoreinfo_of, vmcoreinfo_symbol
+from ..kimage import (
+    KernelImage,
+    VmcoreInfoLike,
+    in_kernel_image,
+    vmcoreinfo_of,
+    vmcoreinfo_symbol,
+)
 from ..physmem import PhysicalMemory
 
 #: How far past ``_stext`` the scan looks (the image is tens of MiB; rodata follows text).
@@ -224,6 +230,25 @@ def _read_upto(image: KernelImage, vaddr: int, size: int) -> bytes:
     return bytes(out)
 
 
+def _read_back(image: KernelImage, end: int, size: int) -> tuple[int, bytes]:
+    """The longest run of dumped bytes ending at ``end``, at most ``size`` long: (start, bytes)."""
+    start = (end - size) & ~7
+    try:
+        return start, image.read(start, end - start)
+    except KdlayoutError:
+        pass
+    out: list[bytes] = []
+    addr = end
+    while addr > start:
+        step = min(addr - start, addr % _PAGE or _PAGE)
+        try:
+            out.append(image.read(addr - step, step))
+        except KdlayoutError:
+            break
+        addr -= step
+    return addr, b"".join(reversed(out))
+
+
 def _align(x: int, a: int) -> int:
     return (x + a - 1) & ~(a - 1)
 
@@ -389,7 +414,10 @@ def scan_locations(image: KernelImage,
     while pos < end:
         chunk = _read_upto(image, pos, SCAN_CHUNK + overlap)
         if not chunk:
-            pos += _PAGE  # a hole: skip a page at a time until data returns
+            nxt = _next_present(image, pos)
+            if nxt is None:
+                break
+            pos = nxt
             continue
         for off in token_index_candidates(chunk):
             ti = pos + off
@@ -400,15 +428,27 @@ def scan_locations(image: KernelImage,
     return None
 
 
+def _next_present(image: KernelImage, vaddr: int) -> int | None:
+    """The first kernel-image address above ``vaddr`` whose page the dump holds, or ``None``."""
+    pa = image.pa(vaddr)
+    best: int | None = None
+    for rng in image.mem.ranges():
+        if rng.end > pa + _PAGE:
+            start = max(rng.start, pa + _PAGE) & ~(_PAGE - 1)
+            if best is None or start < best:
+                best = start
+    if best is None:
+        return None
+    nxt = vaddr + (best - pa)
+    return nxt if in_kernel_image(nxt) else None
+
+
 def _locations_around_index(image: KernelImage, ti: int) -> KallsymsLocations | None:
     index = image.read(ti, TOKEN_INDEX_SIZE)
     idx = np.frombuffer(index, dtype="<u2").astype(np.int64)
     last = int(idx[-1])
     # The token table ends (after its last NUL) 0-7 bytes of alignment before the index.
-    lo = ti - last - 1 - 256 - 8
-    blob = _read_upto(image, lo, ti - lo)
-    if len(blob) != ti - lo:
-        return None
+    lo, blob = _read_back(image, ti, last + 1 + 256 + 8)
     tt = None
     for tt_cand in range(ti - last - 2, lo - 1, -1):
         rel = tt_cand - lo
@@ -450,10 +490,10 @@ def _markers_before(image: KernelImage, tt: int, window: int) -> list[tuple[int,
     elements, is a candidate, as are the same run shortened by one or two elements (the table
     after it may happen to continue the rise).
     """
-    lo = (tt - window) & ~7
-    blob = _read_upto(image, lo, tt - lo)
-    if len(blob) != tt - lo:
-        return []
+    lo, blob = _read_back(image, tt, window)
+    if lo % 8:
+        blob = blob[8 - lo % 8:]
+        lo += 8 - lo % 8
     found: list[tuple[int, int, int]] = []
     for width in (8, 4):
         dtype = "<u8" if width == 8 else "<u4"
@@ -494,10 +534,10 @@ def _names_before(image: KernelImage, ti: int, tt: int, markers: int, count: int
     mk = read_markers(image.read(markers, count * width), count, width)
     last = int(mk[-1])
     hi = markers - last            # names start at or before this
-    lo = (hi - (1 << 16)) & ~7
-    blob = _read_upto(image, lo, hi - lo)
-    if len(blob) != hi - lo:
-        return None
+    lo, blob = _read_back(image, hi, 1 << 16)
+    if lo % 4:
+        blob = blob[4 - lo % 4:]
+        lo += 4 - lo % 4
     u32 = np.frombuffer(blob[:len(blob) // 4 * 4], dtype="<u4").astype(np.int64)
     lo_n, hi_n = 256 * (count - 1) + 1, 256 * count
     hits = np.flatnonzero((u32 >= lo_n) & (u32 <= hi_n))[::-1]   # nearest first
