@@ -1156,3 +1156,35 @@ def test_find_btf_blob_both_byte_orders() -> None:
     with pytest.raises(MissingDataError) as ei:
         find_btf_blob(region, source="bounded", end=len(junk) + 10, base_offset=0x1000)
     assert ei.value.offset == 0x1000
+
+
+@need_bpftool
+def test_shared_suffix_and_duplicate_strings(tmp_path: Path) -> None:
+    """Name offsets into the middle of a string and duplicated strings are legal BTF; lookups
+    find them (names checked against bpftool)."""
+    b = BtfBuilder()
+    long_off = b.s("struct_page")
+    i = b.int_("int", 4, encoding=1)
+    suffix = b.raw(long_off + len("struct_"), (4 << 24), 0)  # STRUCT named "page" (a suffix)
+    whole = b.raw(long_off, (4 << 24), 0)  # STRUCT named "struct_page"
+    dup1 = len(b.strings)
+    b.strings += b"dup\0"
+    dup2 = len(b.strings)
+    b.strings += b"dup\0"
+    t1 = b.raw(dup1, (8 << 24), i)  # TYPEDEF dup -> int
+    t2 = b.raw(dup2, (8 << 24), i)  # another TYPEDEF dup
+    e_off = b.s("MY_PG_locked")
+    en = b.raw(b.s("e"), (6 << 24) | 2, 4, [e_off + 3, 7, e_off, 8])  # PG_locked=7, MY_PG_locked=8
+    data = b.build()
+    (tmp_path / "x.btf").write_bytes(data)
+    btf = Btf.parse(data, source="suffix")
+    btf.check()
+    compare_with_bpftool(btf, bpftool_json(tmp_path / "x.btf"))
+    assert btf.find("page") == [suffix]
+    assert btf.find("struct_page") == [whole]
+    assert btf.find("dup") == [t1, t2]
+    assert btf.find("dup", BtfKind.TYPEDEF) == [t1, t2]
+    assert btf.find("ge") == []
+    assert btf.find_enumerator("PG_locked") == [(en, 7)]
+    assert btf.enum_value(None, "MY_PG_locked") == 8
+    assert btf.enumerators("e") == {"PG_locked": 7, "MY_PG_locked": 8}

@@ -402,6 +402,8 @@ class Btf:
     _np_meta: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
                     npt.NDArray[np.int64]] | None
     _hits_cache: LRUCache[str, npt.NDArray[np.int64]]
+    _strtab: dict[bytes, list[int]] | None
+    _strfirst: dict[bytes, int]
     _find_cache: LRUCache[str, list[int]]
     _var_index: dict[int, tuple[str, BtfVarSecinfo]] | None
     _ptr_size: int | None
@@ -458,6 +460,7 @@ class Btf:
         self._enum_index = None
         self._np_meta = None
         self._hits_cache = LRUCache(maxsize=4096)
+        self._strtab = None
         self._find_cache = LRUCache(maxsize=4096)
         self._var_index = None
         self._ptr_size = None
@@ -825,26 +828,62 @@ class Btf:
             self._name_index = (name_offs[order], order.astype(np.int64) + self.start_id)
         return self._name_index
 
+    def _string_table(self) -> dict[bytes, list[int]]:
+        """Built once: ``self._strfirst`` maps each string of this blob's string section to its
+        first offset (split-aware); the returned dict lists all offsets of strings that occur more
+        than once, and of names that types and enumerators reach through an offset into the middle
+        of a string (legal, if unusual: a shared suffix). One split(), one dict(), numpy."""
+        if self._strtab is None:
+            base_len = self._base_str_len
+            parts = self._strings.split(b"\0")[:-1]  # the section ends with NUL (checked)
+            lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+            starts = np.zeros(len(parts), dtype=np.int64)
+            if len(parts) > 1:
+                starts[1:] = np.cumsum(lens[:-1] + 1)
+            starts += base_len
+            offs = starts.tolist()
+            first: dict[bytes, int] = dict(zip(reversed(parts), reversed(offs), strict=True))
+            table: dict[bytes, list[int]] = {}
+            if len(first) != len(parts):  # duplicate strings (a BTF producer need not dedup)
+                for part, off in zip(parts, offs, strict=True):
+                    if first[part] != off:
+                        table.setdefault(part, [first[part]]).append(off)
+            self._strfirst = first
+            used = np.concatenate([self._name_sorted()[0], self._enum_entries()[0]])
+            used = used[(used >= base_len) & (used < self._total_str_len)]
+            at = np.minimum(np.searchsorted(starts, used), max(len(starts) - 1, 0))
+            mid = used if not len(starts) else used[starts[at] != used]
+            mid = np.unique(mid)
+            for off in mid.tolist():
+                rel = off - base_len
+                key = self._strings[rel:self._strings.index(b"\0", rel)]
+                table.setdefault(key, [first[key]] if key in first else []).append(off)
+            self._strtab = table
+        return self._strtab
+
     def string_offsets(self, name: str) -> npt.NDArray[np.int64]:
-        """Every string offset (in this blob's split-aware numbering, base included) where a
-        NUL-terminated ``name`` starts, including as the tail of a longer string."""
+        """String offsets (split-aware, base included) at which type or enumerator names equal to
+        ``name`` can be found: every string equal to it, and any shared-suffix offset that a type
+        or enumerator actually uses."""
         hit = self._hits_cache.get(name)
         if hit is not None:
             return hit
         base_hits = (self.base.string_offsets(name) if self.base is not None
                      else np.zeros(0, dtype=np.int64))
-        out: list[int] = []
+        own: list[int] = []
         if name:
             try:
-                needle = name.encode("utf-8") + b"\0"
+                key = name.encode("utf-8")
             except UnicodeEncodeError:
-                needle = b""
-            strings = self._strings
-            p = strings.find(needle) if needle else -1
-            while p >= 0:
-                out.append(p + self._base_str_len)
-                p = strings.find(needle, p + 1)
-        hit = np.concatenate([base_hits, np.array(out, dtype=np.int64)])
+                key = b""
+            if key:
+                extra = self._string_table().get(key)
+                if extra is not None:
+                    own = extra
+                else:
+                    one = self._strfirst.get(key)
+                    own = [one] if one is not None else []
+        hit = np.concatenate([base_hits, np.array(own, dtype=np.int64)])
         self._hits_cache[name] = hit
         return hit
 
