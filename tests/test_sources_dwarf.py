@@ -412,6 +412,7 @@ def tree_objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     clang = _clang()
     if clang is not None:
         builds.append(("clang", clang, ["-O0", "-gdwarf-5"]))
+        builds.append(("clang-names", clang, ["-O0", "-gdwarf-5", "-gpubnames"]))
     for name, cc, flags in builds:
         so = d / f"{name}.so"
         r = subprocess.run([cc, "-g", *flags, "-shared", "-fPIC", "-nostdlib", "-o", str(so),
@@ -472,8 +473,31 @@ def test_total_fallback_budget(tree_objects: dict[str, Path],
     assert any("skipped" in w for w in src.warnings)
 
 
+def test_debug_names_is_used(tree_objects: dict[str, Path], tmp_path: Path) -> None:
+    """With clang -gpubnames the .debug_names table leads straight to the DIEs: no unit is
+    named or indexed; a corrupt table is a one-line CorruptError."""
+    if "clang-names" not in tree_objects:
+        pytest.skip("clang is not installed")
+    path = tree_objects["clang-names"]
+    src = DwarfTypeSource(path)
+    assert src.member("page", "compound_head") == MemberLocation(64, 8)
+    assert src.type_size("only_here") == 8
+    assert src.type_size("other_thing") == 16
+    assert src.enumerators("zone_type") == {"ZONE_DMA": 0, "ZONE_NORMAL": 1, "__MAX_NR_ZONES": 2}
+    assert src.stats.names_hits >= 4
+    assert src.stats.units_named == 0 and src.stats.units_indexed == []
+    names_off, _ = _section_offsets(path)[".debug_names"]
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<H", data, names_off + 4, 7)          # version 7
+    bad = tmp_path / "names.so"
+    bad.write_bytes(data)
+    with pytest.raises(CorruptError) as ei:
+        DwarfTypeSource(bad).type_size("page")
+    assert ".debug_names" in _one_line(ei.value, bad)
+
+
 @needs_drgn
-@pytest.mark.parametrize("kind", ["plain", "lto", "clang"])
+@pytest.mark.parametrize("kind", ["plain", "lto", "clang", "clang-names"])
 def test_tree_equals_drgn(tree_objects: dict[str, Path], kind: str) -> None:
     if kind not in tree_objects:
         pytest.skip(f"no compiler could build the {kind} object")
@@ -625,10 +649,10 @@ def _all_queries(src: DwarfTypeSource) -> None:
     type_facts(src)
 
 
-def _flip_cases(path: Path) -> list[tuple[int, int]]:
+def _flip_cases(path: Path, sections: tuple[str, ...]) -> list[tuple[int, int]]:
     secs = _section_offsets(path)
     cases: list[tuple[int, int]] = []
-    for name in (".debug_info", ".debug_abbrev"):
+    for name in sections:
         off, size = secs[name]
         step = max(1, size // 150)
         for n, i in enumerate(range(0, size, step)):
@@ -636,14 +660,23 @@ def _flip_cases(path: Path) -> list[tuple[int, int]]:
     return cases
 
 
-def test_byte_flips_never_traceback_or_hang(compiled: dict[str, Path]) -> None:
-    """Corrupt one byte at a time in .debug_info/.debug_abbrev: every outcome is an answer or a
+FLIPS = {
+    "dwarf5": (".debug_info", ".debug_abbrev"),
+    "clang-dwarf5-pubnames": (".debug_names", ".debug_str_offsets", ".debug_info"),
+}
+
+
+@pytest.mark.parametrize("variant", list(FLIPS))
+def test_byte_flips_never_traceback_or_hang(compiled: dict[str, Path], variant: str) -> None:
+    """Corrupt one byte at a time in the DWARF sections: every outcome is an answer or a
     KdlayoutError with a one-line message, in bounded time."""
-    path = compiled["dwarf5"]
+    if variant not in compiled:
+        pytest.skip(f"no compiler builds {variant}")
+    path = compiled[variant]
     data = path.read_bytes()
     errors = 0
     worst = 0.0
-    for off, value in _flip_cases(path):
+    for off, value in _flip_cases(path, FLIPS[variant]):
         bad = bytearray(data)
         if bad[off] == value:
             continue

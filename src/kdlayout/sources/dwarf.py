@@ -303,6 +303,7 @@ class DwarfStats:
     units_indexed: list[str] = field(default_factory=list)
     dies_decoded: int = 0
     fallback_searches: int = 0
+    names_hits: int = 0         # definitions found through .debug_names
     fallback_seconds: float = 0.0
 
 
@@ -528,6 +529,140 @@ class _Corrupt(Exception):
         self.offset = offset
 
 
+# ---- .debug_names (DWARF 5 name index, as clang -gpubnames writes it) -------------------------
+
+IDX_COMPILE_UNIT = 1
+IDX_DIE_OFFSET = 3
+
+
+def _djb_hash(name: bytes) -> int:
+    """The name-table hash of DWARF 5 section 7.33 (Bernstein's, ASCII letters folded to lower
+    case as LLVM does; identical to the plain one for the lower-case names asked for here)."""
+    h = 5381
+    for c in name:
+        if 0x41 <= c <= 0x5A:
+            c += 0x20
+        h = (h * 33 + c) & 0xFFFFFFFF
+    return h
+
+
+class _NameIndex:
+    """One name index of ``.debug_names``: name -> [(tag, DIE section offset)]."""
+
+    def __init__(self, data: Buffer, off: int, strs: _Section) -> None:
+        self.strs = strs
+        b = bytes(data[off:off + 64])
+        length, = struct.unpack_from("<I", b, 0)
+        osize, p = 4, 4
+        if length == 0xFFFFFFFF:
+            length, = struct.unpack_from("<Q", b, 4)
+            osize, p = 8, 12
+        self.end = p + length + off
+        if self.end > len(data):
+            raise _Corrupt(f"name index of {length:#x} bytes runs past the end of .debug_names",
+                           ".debug_names", off)
+        b = bytes(data[off:self.end])
+        version, _pad, cus, ltus, ftus, buckets, names, abbrev_size, aug_size = \
+            struct.unpack_from("<HHIIIIIII", b, p)
+        if version != 5:
+            raise _Corrupt(f".debug_names version {version} is not 5", ".debug_names", off)
+        p += 32 + ((aug_size + 3) & ~3)
+        read = "<I" if osize == 4 else "<Q"
+        self.cu_offsets = [struct.unpack_from(read, b, p + i * osize)[0] for i in range(cus)]
+        p += (cus + ltus) * osize + ftus * 8
+        self.buckets = struct.unpack_from(f"<{buckets}I", b, p) if buckets else ()
+        p += 4 * buckets
+        self.hashes = struct.unpack_from(f"<{names}I", b, p) if buckets else ()
+        p += 4 * names if buckets else 0
+        fmt = "I" if osize == 4 else "Q"
+        self.str_offs = struct.unpack_from(f"<{names}{fmt}", b, p)
+        p += names * osize
+        self.entry_offs = struct.unpack_from(f"<{names}{fmt}", b, p)
+        p += names * osize
+        self.abbrevs: dict[int, tuple[int, tuple[tuple[int, int], ...]]] = {}
+        q = p
+        while q < p + abbrev_size:
+            code, q = _uleb(b, q)
+            if code == 0:
+                break
+            tag, q = _uleb(b, q)
+            specs: list[tuple[int, int]] = []
+            while True:
+                idx, q = _uleb(b, q)
+                form, q = _uleb(b, q)
+                if idx == 0 and form == 0:
+                    break
+                specs.append((idx, form))
+            self.abbrevs[code] = (tag, tuple(specs))
+        self.pool = p + abbrev_size
+        self.b = b
+        self.osize = osize
+        self.off = off
+
+    def lookup(self, name: str) -> list[tuple[int, int]]:
+        """(tag, DIE section offset) of every entry for ``name``."""
+        key = name.encode()
+        if self.buckets:
+            h = _djb_hash(key)
+            n = len(self.buckets)
+            i = self.buckets[h % n]
+            candidates: list[int] = []
+            if i:
+                i -= 1      # 1-based
+                while i < len(self.hashes) and self.hashes[i] % n == h % n:
+                    if self.hashes[i] == h:
+                        candidates.append(i)
+                    i += 1
+        else:
+            candidates = list(range(len(self.str_offs)))
+        out: list[tuple[int, int]] = []
+        for i in candidates:
+            if _cstr_bytes(self.strs, self.str_offs[i]) == key:
+                out.extend(self._entries(self.entry_offs[i]))
+        return out
+
+    def _entries(self, rel: int) -> Iterator[tuple[int, int]]:
+        b = self.b
+        p = self.pool + rel
+        fixed = _fixed_sizes(self.osize, 8, 5)
+        for _ in range(1 << 16):
+            code, p = _uleb(b, p)
+            if code == 0:
+                return
+            ab = self.abbrevs.get(code)
+            if ab is None:
+                raise _Corrupt(f"name entry uses unknown abbreviation {code}", ".debug_names",
+                               self.off + p)
+            tag, specs = ab
+            cu = 0
+            die: int | None = None
+            for idx, form in specs:
+                n = fixed.get(form)
+                if n is not None:
+                    value = int.from_bytes(b[p:p + n], "little")
+                    p += n
+                elif form in (FORM_UDATA, FORM_REF_UDATA):
+                    value, p = _uleb(b, p)
+                else:
+                    raise _Corrupt(f"name entry attribute form {form:#x}", ".debug_names",
+                                   self.off + p)
+                if idx == IDX_COMPILE_UNIT:
+                    cu = value
+                elif idx == IDX_DIE_OFFSET:
+                    die = value
+            if die is not None and cu < len(self.cu_offsets):
+                yield tag, self.cu_offsets[cu] + die
+
+
+def _cstr_bytes(sec: _Section, off: int) -> bytes:
+    chunk = bytes(sec.data[off:off + 256])
+    nul = chunk.find(b"\0")
+    while nul < 0 and off + len(chunk) < len(sec.data):
+        chunk = bytes(sec.data[off:off + 2 * len(chunk)])
+        nul = chunk.find(b"\0")
+    return chunk if nul < 0 else chunk[:nul]
+
+
 # ---- the source -----------------------------------------------------------------------------
 
 class DwarfTypeSource:
@@ -612,6 +747,8 @@ class DwarfTypeSource:
         self._line_str = self._section(".debug_line_str") or _EMPTY
         self._str_offsets = self._section(".debug_str_offsets") or _EMPTY
         self._addr = self._section(".debug_addr") or _EMPTY
+        self._names = self._section(".debug_names") or _EMPTY
+        self._name_indexes: list[_NameIndex] | None = None
         self._units: list[UnitInfo] | None = None
         self._unit_names: dict[int, str | None] = {}
         self._file_units: dict[str, UnitInfo | None] = {}
@@ -678,7 +815,7 @@ class DwarfTypeSource:
         sec = {".debug_info": self._info, ".debug_abbrev": self._abbrev,
                ".debug_str": self._str, ".debug_line_str": self._line_str,
                ".debug_str_offsets": self._str_offsets, ".debug_addr": self._addr,
-               }.get(exc.section)
+               ".debug_names": self._names}.get(exc.section)
         where = sec.where(exc.offset) if sec is not None else None
         return CorruptError(f"{exc.section}+{exc.offset:#x}: {exc.message}", path=self.path,
                             offset=where)
@@ -1125,6 +1262,8 @@ class DwarfTypeSource:
             found = self._definition_in(unit, tags, name)
             if found is not None:
                 break
+        if found is None and len(self._names):
+            found = self._find_by_names(tags, name)
         if found is None and not self._mentioned(name):
             self._lookup_cache[key] = None
             return None
@@ -1139,6 +1278,31 @@ class DwarfTypeSource:
             found = self._search(tags, name)
         self._lookup_cache[key] = found
         return found
+
+    def _find_by_names(self, tags: tuple[int, ...], name: str) -> _Die | None:
+        """A definition through the ``.debug_names`` accelerator table, if it lists one."""
+        if self._name_indexes is None:
+            indexes: list[_NameIndex] = []
+            off = 0
+            while off < len(self._names):
+                idx = _NameIndex(self._names.data, off, self._str)
+                indexes.append(idx)
+                off = idx.end
+            self._name_indexes = indexes
+        best: tuple[int, _Die] | None = None
+        for idx in self._name_indexes:
+            for tag, die_off in idx.lookup(name):
+                if tag not in tags:
+                    continue
+                unit = self._load_unit(self._unit_at(die_off))
+                die = self._read_die(unit, die_off)
+                if die is None or AT_DECLARATION in die.attrs:
+                    continue
+                self.stats.names_hits += 1
+                rank = tags.index(tag)
+                if best is None or rank < best[0]:
+                    best = (rank, die)
+        return None if best is None else best[1]
 
     # ---- the string-search fallback ---------------------------------------------------------
 
