@@ -64,6 +64,13 @@ SCAN_CHUNK = 8 << 20
 _PAGE = 4096
 _MASK64 = (1 << 64) - 1
 
+#: VMCOREINFO ``SYMBOL()`` names whose value is *not* the symbol's address: the kernel prints them
+#: with ``VMCOREINFO_SYMBOL_ARRAY()``, i.e. the variable's value. ``mem_section`` is a pointer
+#: (``struct mem_section **``) under SPARSEMEM_EXTREME, so VMCOREINFO holds the allocated root
+#: array while kallsyms holds the variable's address. Consumers comparing or merging the two
+#: must treat these names separately; scheme selection ignores them.
+VMCOREINFO_VALUE_SYMBOLS = frozenset({"mem_section"})
+
 _TABLE_SYMBOLS = ("kallsyms_num_syms", "kallsyms_names", "kallsyms_token_table",
                   "kallsyms_token_index", "kallsyms_offsets", "kallsyms_relative_base",
                   "kallsyms_addresses", "kallsyms_markers", "kallsyms_seqs_of_names")
@@ -175,7 +182,8 @@ def load_kallsyms(image: KernelImage, *,
 
 
 def vmcoreinfo_symbols(vi: VmcoreInfoLike | None) -> dict[str, int]:
-    """Every VMCOREINFO ``SYMBOL(name)`` except the kallsyms tables themselves."""
+    """Every VMCOREINFO ``SYMBOL(name)`` that is a symbol address (not the kallsyms tables, not
+    :data:`VMCOREINFO_VALUE_SYMBOLS`)."""
     if vi is None:
         return {}
     table = getattr(vi, "symbols", None)
@@ -189,7 +197,7 @@ def vmcoreinfo_symbols(vi: VmcoreInfoLike | None) -> dict[str, int]:
             value = vmcoreinfo_symbol(vi, name)
             if value is not None:
                 out[name] = value
-    for name in _TABLE_SYMBOLS:
+    for name in (*_TABLE_SYMBOLS, *VMCOREINFO_VALUE_SYMBOLS):
         out.pop(name, None)
     return out
 
