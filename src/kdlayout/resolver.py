@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class SourceStatus:
     status: str          # "used", "skipped", "failed"
     detail: str
     facts: int = 0
+    seconds: float = 0.0
 
 
 @dataclass
@@ -214,8 +216,7 @@ def _provide_btf_file(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
 def _provide_headers(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
     if not ctx.options.headers:
         return None
-    from .sources.base import type_facts
-    from .sources.headers import HeadersTypeSource
+    from .sources.headers import HeadersTypeSource, headers_facts
 
     src = HeadersTypeSource(ctx.options.headers)
     dump_release = ctx.vmcoreinfo.osrelease if ctx.vmcoreinfo is not None else None
@@ -223,7 +224,7 @@ def _provide_headers(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
         ctx.extra.setdefault("warnings", []).append(  # type: ignore[attr-defined]
             f"headers {ctx.options.headers} are of {src.release}, the dump's kernel is "
             f"{dump_release}")
-    return type_facts(src), src.describe()
+    return headers_facts(src), src.describe()
 
 
 def _provide_db(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
@@ -407,20 +408,24 @@ def resolve(dump: PhysicalMemory | None, options: ResolveOptions | None = None,
     for name, provider in providers:
         if any(s.name == name for s in statuses):
             continue
+        started = time.perf_counter()
+        got: tuple[list[Fact], str] | SourceStatus | None
         try:
             got = provider(ctx)
         except KdlayoutError as exc:
-            statuses.append(SourceStatus(name, "failed", f"{exc}; falling back to the next source"))
-            continue
+            got = SourceStatus(name, "failed", f"{exc}; falling back to the next source")
         except ImportError as exc:
-            statuses.append(SourceStatus(name, "skipped", f"not available here: {exc}"))
-            continue
+            got = SourceStatus(name, "skipped", f"not available here: {exc}")
         if got is None:
-            statuses.append(SourceStatus(name, "skipped", "not offered"))
-            continue
-        new, detail = got
-        facts.extend(new)
-        statuses.append(SourceStatus(name, "used", detail, len(new)))
+            got = SourceStatus(name, "skipped", "not offered")
+        if isinstance(got, SourceStatus):
+            status = got
+        else:
+            new, detail = got
+            facts.extend(new)
+            status = SourceStatus(name, "used", detail, len(new))
+        status.seconds = round(time.perf_counter() - started, 4)
+        statuses.append(status)
 
     facts.extend(_derived_facts(facts, statuses))
     layout = merge(facts)

@@ -53,7 +53,7 @@ def print_report(result: ResolveResult, out: TextIO) -> None:
               f"{'  (from cache)' if result.from_cache else ''}\n\nsources:\n")
     for s in result.sources:
         count = f" {s.facts} facts" if s.status == "used" else ""
-        out.write(f"  {s.name:<11} {s.status:<8}{count}  {s.detail}\n")
+        out.write(f"  {s.name:<11} {s.status:<8}{count}  ({s.seconds:.2f} s)  {s.detail}\n")
     rows = [("fact", "value", "source", "agreeing", "conflicts")]
     for key in sorted(lay):
         r = lay[key]
