@@ -238,7 +238,7 @@ def _symtab(path: Path) -> dict[str, set[int]]:
 
 
 @pytest.mark.parametrize("vmlinux", DBG or [pytest.param(None, marks=pytest.mark.skip(
-    reason=NO_DBG))], ids=lambda p: p.name if p else "none")
+    reason=NO_DBG))], ids=lambda p: f"{p.parent.name}-{p.name}" if p else "none")
 def test_dbg_vmlinux_kallsyms_match_symtab_and_nm(vmlinux: Path) -> None:
     from kdlayout.kimage import KernelImage
     from kdlayout.sources.kallsyms_source import load_kallsyms
@@ -283,7 +283,7 @@ def test_dbg_vmlinux_kallsyms_match_symtab_and_nm(vmlinux: Path) -> None:
 
 
 @pytest.mark.parametrize("vmlinux", DBG or [pytest.param(None, marks=pytest.mark.skip(
-    reason=NO_DBG))], ids=lambda p: p.name if p else "none")
+    reason=NO_DBG))], ids=lambda p: f"{p.parent.name}-{p.name}" if p else "none")
 def test_dbg_vmlinux_decode_is_fast(vmlinux: Path) -> None:
     from kdlayout.kimage import KernelImage
     from vmlinux_memory import VmlinuxMemory
