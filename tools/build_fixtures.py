@@ -710,6 +710,7 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
         "capture_version": capture.version,
         "guest_mem_mib": mem,
         "crashkernel_mib": CRASHKERNEL_MIB,
+        "tools": _tool_versions(cache),
         "builder_version": BUILDER_VERSION,
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "workload": workload,
@@ -721,6 +722,29 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
     _write_manifest(fdir, manifest)
     log(f"{job.name}: done in {timings['total']} s {timings}")
     return manifest
+
+
+def _tool_versions(cache: Path) -> dict[str, str]:
+    """Versions of the programs that made the fixture files (first line of their version output)."""
+    out: dict[str, str] = {}
+    cmds: dict[str, list[str]] = {
+        "qemu": ["qemu-system-x86_64", "--version"],
+        "makedumpfile": ["/usr/bin/makedumpfile", "-v"],
+        "kexec": ["kexec", "--version"],
+        "busybox": ["busybox"],
+    }
+    peer = peers.cached_peer("makedumpfile", "makedumpfile", "trixie", cache)
+    if peer is not None:
+        cmds["makedumpfile_peer"] = [*peer.command, "-v"]
+    for name, cmd in cmds.items():
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        lines = [ln.strip() for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+        if lines:
+            out[name] = lines[0]
+    return out
 
 
 def _link_kernel_files(fdir: Path, kernel: KernelTree, manifest: dict[str, Any]) -> None:
