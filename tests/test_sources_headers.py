@@ -69,6 +69,13 @@ struct zone {
 };
 enum pageflags { PG_locked, PG_referenced, PG_uptodate, PG_slab = 9, __NR_PAGEFLAGS,
                  PG_checked = PG_referenced };
+#define PAGE_TYPE_BASE	0xf0000000
+#define PG_buddy	0x00000080
+#define PAGE_MAPCOUNT_RESERVE	(~0x0000007f)
+#define SECTION_SIZE_BITS	27
+#define PG_head_mask ((1UL << (PG_uptodate)))
+int runtime_l5(void);
+#define MAX_PHYSMEM_BITS (runtime_l5() ? 52 : 46)
 """
 
 
@@ -126,6 +133,36 @@ def test_synthetic_offsets_sizes_arrays_enums(tmp_path: Path) -> None:
     assert "OFFSET(page.buddy_list)" not in f and "SIZE(folio)" not in f
     assert src.release == "9.9.9-amd64"
     assert all(fact.source == "headers" for fact in type_facts(src))
+
+
+def test_constants_are_probed(tmp_path: Path) -> None:
+    src = headers.HeadersTypeSource(make_tree(tmp_path), use_disk_cache=False)
+    nums = src.numbers()
+    assert nums["PAGE_TYPE_BASE"] == 0xF0000000 and nums["PG_buddy"] == 0x80
+    assert nums["PAGE_MAPCOUNT_RESERVE"] == -128 and nums["SECTION_SIZE_BITS"] == 27
+    assert nums["PG_head_mask"] == 4
+    # Not constant here, or not defined at all: absent (never a made-up 0).
+    assert "MAX_PHYSMEM_BITS" not in nums and "PG_offline" not in nums
+    assert "PAGE_SHIFT" not in nums
+    facts = headers.headers_facts(src)
+    keys = [f.key for f in facts]
+    assert len(keys) == len(set(keys))              # PG_slab: the enumerator, once
+    by_key = {f.key: f for f in facts}
+    assert by_key["NUMBER(PG_slab)"].value == 9 and "enum pageflags" in by_key["NUMBER(PG_slab)"].origin
+    assert by_key["NUMBER(PAGE_TYPE_BASE)"].origin.endswith("constant PAGE_TYPE_BASE")
+
+
+def test_enumerator_queries_take_enumerators_not_macros(tmp_path: Path) -> None:
+    anon = "enum { SECTION_MARKED_PRESENT_BIT, SECTION_HAS_MEM_MAP_BIT, SECTION_MAP_LAST_BIT };\n"
+    src = headers.HeadersTypeSource(make_tree(tmp_path / "a", MM_TYPES_H + anon),
+                                    use_disk_cache=False)
+    f = facts_of(src)
+    assert f["NUMBER(SECTION_HAS_MEM_MAP_BIT)"] == 1 and f["NUMBER(SECTION_MAP_LAST_BIT)"] == 2
+    old = "#define SECTION_MAP_LAST_BIT (1UL<<4)\n"   # 5.x: a mask, not a bit number
+    src = headers.HeadersTypeSource(make_tree(tmp_path / "b", MM_TYPES_H + old),
+                                    use_disk_cache=False)
+    assert src.enumerator("SECTION_MAP_LAST_BIT") is None
+    assert "NUMBER(SECTION_MAP_LAST_BIT)" not in facts_of(src)
 
 
 def test_config_decides_layout(tmp_path: Path) -> None:
@@ -382,5 +419,17 @@ def test_headers_agree_with_the_dump_in_the_resolver(fixture: Any) -> None:
     from_headers = [r for r in lay.values() if any(c.source == "headers" for c in r.candidates)]
     assert len(from_headers) == status["headers"].facts
     assert not [r.key for r in from_headers if r.conflicts]
-    # Independently confirmed by the dump: each one also offered by VMCOREINFO or the dump's BTF.
-    assert all({"vmcoreinfo", "btf"} & {c.source for c in r.candidates} for r in from_headers)
+    # Independently confirmed by the dump: each type fact also offered by VMCOREINFO or the BTF.
+    constants = {f"NUMBER({n})" for n in headers.HEADER_NUMBERS}
+    types = [r for r in from_headers if r.key not in constants or "enum" in r.chosen.origin]
+    assert all({"vmcoreinfo", "btf"} & {c.source for c in r.candidates} for r in types)
+    # Probed constants VMCOREINFO also exports agree with it (checked above: no conflicts) ...
+    shared = [r for r in from_headers if r.key in constants
+              and any(c.source == "vmcoreinfo" for c in r.candidates)]
+    assert len(shared) >= 4   # SECTION_SIZE_BITS, KERNEL_IMAGE_SIZE, NR_FREE_PAGES, PG_head_mask
+    # ... and the page-type masks only headers give match VMCOREINFO's mapcount values.
+    for name in ("buddy", "offline"):
+        mask = lay.get_value(f"NUMBER(PG_{name})")
+        mapcount = lay.get_value(f"NUMBER(PAGE_{name.upper()}_MAPCOUNT_VALUE)")
+        if isinstance(mask, int) and mask >= 0x80 and isinstance(mapcount, int):
+            assert ~mask == mapcount, name

@@ -26,18 +26,19 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import cachetools
 
-from ..catalogue import ENUM_QUERIES, TYPE_QUERIES
+from ..catalogue import ENUM_QUERIES, ENUMERATOR_QUERIES, TYPE_QUERIES
 from ..errors import CorruptError, KdlayoutError, MissingDataError, UnsupportedError
-from .base import MemberLocation
+from ..layout import Fact
+from .base import MemberLocation, type_facts
 
 #: Bump when the extracted model's shape or meaning changes (invalidates the disk cache).
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 
 #: Headers the generated translation unit includes, in this order, when the tree has them.
 TU_HEADERS: tuple[str, ...] = (
@@ -48,6 +49,32 @@ TU_HEADERS: tuple[str, ...] = (
 TU_PRIVATE_HEADERS: tuple[str, ...] = ("kernel/printk/printk_ringbuffer.h",)
 
 _TU_NAME = "kdlayout_headers_tu.c"
+
+#: Integer constants evaluated in the compiled unit, as ``NUMBER(name)`` facts, when they are
+#: constant expressions there (macros BTF and DWARF cannot see; enumerators also work). Values are
+#: taken as ``(long)(name)``, as VMCOREINFO's ``NUMBER()`` prints them. Names that are undefined
+#: or not constant (``MAX_PHYSMEM_BITS`` with 5-level paging) are simply absent.
+HEADER_NUMBERS: tuple[str, ...] = (
+    "PAGE_SHIFT", "SECTION_SIZE_BITS", "MAX_PHYSMEM_BITS", "KERNEL_IMAGE_SIZE", "MAX_NUMNODES",
+    "NR_SECTION_ROOTS", "SECTIONS_PER_ROOT", "PAGES_PER_SECTION",
+    "MAX_ORDER", "MAX_PAGE_ORDER", "NR_PAGE_ORDERS", "NR_FREE_PAGES", "PG_head_mask",
+    # Page types kept in page_type/_mapcount (macros before v6.10, enumerators after).
+    "PAGE_TYPE_BASE", "PAGE_MAPCOUNT_RESERVE", "PG_buddy", "PG_offline", "PG_table", "PG_guard",
+    "PG_kmemcg", "PG_balloon", "PG_hugetlb", "PG_slab", "PG_zsmalloc", "PG_unaccepted",
+    "PAGE_BUDDY_MAPCOUNT_VALUE", "PAGE_OFFLINE_MAPCOUNT_VALUE", "PAGE_SLAB_MAPCOUNT_VALUE",
+    "PAGE_HUGETLB_MAPCOUNT_VALUE", "PAGE_UNACCEPTED_MAPCOUNT_VALUE",
+)
+
+
+def probe_names() -> tuple[str, ...]:
+    """Every name probed as a constant: :data:`HEADER_NUMBERS` and the catalogue's enumerators
+    of anonymous enums (``ENUMERATOR_QUERIES``)."""
+    return tuple(dict.fromkeys((*HEADER_NUMBERS, *ENUMERATOR_QUERIES)))
+
+
+# Everything the compiler reports after this marker concerns the probes, not the headers.
+_PROBE_MARKER = "kdlayout-probes-follow"
+_PROBE_PREFIX = "__kdlayout_probe_"
 
 
 class HeadersTree(NamedTuple):
@@ -77,12 +104,13 @@ class HeadersModel:
     records: dict[str, tuple[int, list[FieldRec]]]    # key -> (size, fields)
     names: dict[str, str]                             # struct/union tag or typedef -> key
     enums: dict[str, dict[str, int]]
+    numbers: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": MODEL_VERSION, "release": self.release,
                 "records": {k: [size, [list(f) for f in fields]]
                             for k, (size, fields) in self.records.items()},
-                "names": self.names, "enums": self.enums}
+                "names": self.names, "enums": self.enums, "numbers": self.numbers}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HeadersModel:
@@ -91,7 +119,8 @@ class HeadersModel:
         records = {k: (int(size), [FieldRec(*f) for f in fields])
                    for k, (size, fields) in data["records"].items()}
         return cls(data.get("release"), records, dict(data["names"]),
-                   {k: dict(v) for k, v in data["enums"].items()})
+                   {k: dict(v) for k, v in data["enums"].items()},
+                   {k: int(v) for k, v in data["numbers"].items()})
 
 
 # ---- finding the tree ------------------------------------------------------------------------
@@ -193,7 +222,7 @@ def compile_args(tree: HeadersTree) -> list[str]:
              "-fno-common", "-fno-PIE", "-fno-strict-aliasing", "-m64", "-mno-sse", "-mno-mmx",
              "-mno-sse2", "-mno-3dnow", "-mno-avx", "-mno-80387", "-mcmodel=kernel",
              "-mno-red-zone", '-DKBUILD_MODNAME="kdlayout"', '-DKBUILD_BASENAME="kdlayout"',
-             "-ferror-limit=20", "-Wno-everything"]
+             "-ferror-limit=0", "-Wno-everything", "-W#warnings"]
     if "-funsigned-char" in makefile:
         args.append("-funsigned-char")
     # Tagged structs included anonymously (7.x): Kbuild adds $(CONFIG_CC_MS_EXTENSIONS), which
@@ -213,6 +242,16 @@ def translation_unit_source(tree: HeadersTree) -> str:
     for h in TU_PRIVATE_HEADERS:
         if (tree.src / h).is_file():
             lines.append(f'#include "{tree.src / h}"')
+    lines.append(f'#warning "{_PROBE_MARKER}"')
+    enumerators_only = set(ENUMERATOR_QUERIES)
+    for name in probe_names():
+        probe = f"enum {{ {_PROBE_PREFIX}{name} = (long)({name}) }};"
+        if name in enumerators_only:
+            # An enumerator query means the enumerator: a macro of the same name in another
+            # generation (5.x's SECTION_MAP_LAST_BIT is a mask) is not it.
+            lines += [f"#ifndef {name}", probe, "#endif"]
+        else:
+            lines.append(probe)
     return "\n".join(lines) + "\n"
 
 
@@ -241,6 +280,8 @@ def _parse(tree: HeadersTree) -> Any:
         raise CorruptError(f"libclang could not parse the headers ({exc})",
                            path=str(tree.obj)) from exc
     for diag in tu.diagnostics:
+        if _PROBE_MARKER in diag.spelling:
+            break  # the rest is about probes of names this kernel lacks
         if diag.severity >= ci.Diagnostic.Error:
             loc = diag.location
             where = str(loc.file) if loc.file is not None else str(tree.obj)
@@ -260,6 +301,7 @@ class _Extractor:
         self.typedefs: dict[str, Any] = {}   # typedef name -> cursor
         self.enums: dict[str, Any] = {}      # enum tag -> definition cursor
         self.records: dict[str, tuple[int, list[FieldRec]]] = {}
+        self.numbers: dict[str, int] = {}    # probed constants
         self._index(tu.cursor)
 
     def _index(self, cursor: Any) -> None:
@@ -273,8 +315,13 @@ class _Extractor:
                     self._index(c)  # nested named definitions are file-scope in C
             elif kind == kinds.TYPEDEF_DECL:
                 self.typedefs.setdefault(c.spelling, c)
-            elif kind == kinds.ENUM_DECL and c.is_definition() and c.spelling:
-                self.enums.setdefault(c.spelling, c)
+            elif kind == kinds.ENUM_DECL and c.is_definition():
+                if c.spelling and "(" not in c.spelling:
+                    self.enums.setdefault(c.spelling, c)
+                for e in c.get_children():
+                    # A probe whose expression did not compile keeps no initializer (and value 0).
+                    if e.spelling.startswith(_PROBE_PREFIX) and any(True for _ in e.get_children()):
+                        self.numbers[e.spelling.removeprefix(_PROBE_PREFIX)] = int(e.enum_value)
 
     def _record_of(self, ctype: Any) -> tuple[Any, int | None]:
         """(record declaration or None, array length) of a member type."""
@@ -334,7 +381,7 @@ class _Extractor:
             if cur is not None:
                 enums[name] = {c.spelling: int(c.enum_value) for c in cur.get_children()
                                if c.kind == self.ci.CursorKind.ENUM_CONSTANT_DECL}
-        return HeadersModel(release, self.records, names, enums)
+        return HeadersModel(release, self.records, names, enums, dict(self.numbers))
 
 
 def extract(tree: HeadersTree, wanted_types: Iterable[str], wanted_enums: Iterable[str]
@@ -364,7 +411,7 @@ def cache_key(tree: HeadersTree, wanted_types: Sequence[str], wanted_enums: Sequ
                              tree.src / "Makefile", tree.src / "include/linux/mm_types.h",
                              tree.src / "include/linux/mmzone.h",
                              tree.src / "include/linux/page-flags.h")],
-        list(wanted_types), list(wanted_enums),
+        list(wanted_types), list(wanted_enums), list(probe_names()),
     ]
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
 
@@ -474,3 +521,27 @@ class HeadersTypeSource:
         """Every enumerator of ``enum enum_name``; None when the tree has no such enum."""
         values = self.model.enums.get(enum_name)
         return None if values is None else dict(values)
+
+    def enumerator(self, name: str) -> int | None:
+        """Value of the enumerator (or integer constant) ``name``, named enum or not; None if the
+        tree has none (answers the catalogue's ``ENUMERATOR_QUERIES``)."""
+        return self.model.numbers.get(name)
+
+    def numbers(self) -> dict[str, int]:
+        """The :data:`HEADER_NUMBERS` that are integer constant expressions in this tree."""
+        return dict(self.model.numbers)
+
+
+def headers_facts(src: HeadersTypeSource) -> list[Fact]:
+    """The catalogue's type and enum facts of ``src`` plus its probed constants (``NUMBER()``).
+
+    A constant that is also an enumerator the enum queries already answered is not repeated.
+    """
+    facts = type_facts(src)
+    seen = {f.key for f in facts}
+    origin = src.describe()
+    for name, value in sorted(src.numbers().items()):
+        key = f"NUMBER({name})"
+        if key not in seen:
+            facts.append(Fact(key, value, src.kind, f"{origin} constant {name}"))
+    return facts
