@@ -220,6 +220,16 @@ def test_build_id_exact_then_release_fallback(tmp_path: Path) -> None:
         db.DbSource(tmp_path / "absent", build_id=BID_A, release=None)
 
 
+def test_hostile_build_id_and_release_never_reach_the_file_system(tmp_path: Path) -> None:
+    db.write_entry(sample_layout(), tmp_path / "db")
+    (tmp_path / "6.1.0-test").mkdir()
+    for bid in ("*", "../*", "[0-9]*"):
+        src = db.DbSource(tmp_path / "db", build_id=bid, release="6.1.0-test")
+        assert src.match == "release"          # never a glob match on "*"
+    with pytest.raises(MissingDataError):
+        db.DbSource(tmp_path / "db", build_id="*", release="../6.1.0-test")
+
+
 def test_build_id_match_with_other_release_warns(tmp_path: Path) -> None:
     db.write_entry(sample_layout(), tmp_path)
     src = db.DbSource(tmp_path, build_id=BID_A, release="6.1.0-renamed")

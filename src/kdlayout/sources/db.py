@@ -334,6 +334,8 @@ def find_entry(db_dir: str | os.PathLike[str], *, build_id: str | None,
     if not root.is_dir():
         raise MissingDataError("no such layout database directory", path=str(root))
     bid = build_id.lower() if build_id else None
+    if bid and not _BUILD_ID.match(bid):
+        bid = None  # not hex: cannot name an entry (and must not reach a glob pattern)
     if bid:
         for p in root.glob(f"*/{bid}.json"):
             entry = read_entry(p)
