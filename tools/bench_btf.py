@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark kdlayout.btf: cold parse and the resolver's typical member queries.
 
-Usage: tools/bench_btf.py [FILE ...]   (default /sys/kernel/btf/vmlinux; FILE may be raw BTF, a
+Usage: tools/bench_btf.py [FILE ...] [--scan IMAGE ...]   (default /sys/kernel/btf/vmlinux; FILE may be raw BTF, a
 vmlinux ELF or a vmlinuz; a vmlinuz is decompressed first and that time is reported apart).
 
 For each input prints one row: size of the BTF, number of types, parse time, name-index build,
@@ -43,6 +43,19 @@ QUERIES: list[tuple[str, str]] = [
 QUERIES = QUERIES[:50]
 ENUMERATORS = ["PG_locked", "PG_slab", "PG_head", "PG_buddy", "PGTY_buddy", "PGTY_slab",
                "__NR_PAGEFLAGS", "ZONE_NORMAL", "MAX_NR_ZONES", "NR_FREE_PAGES"]
+
+
+def scan(path: Path) -> tuple[int, int, int, float]:
+    """find_btf_blob over ``path`` (e.g. a vmcore) mapped read-only: (offset, bytes, types, s)."""
+    import mmap
+
+    from kdlayout.btf import find_btf_blob
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        t0 = time.perf_counter()
+        off, btf = find_btf_blob(m, source=str(path))
+        took = time.perf_counter() - t0
+    return off, btf.header.blob_size, btf.nr_types - 1, took
 
 
 def _load(path: Path) -> tuple[bytes, float, str]:
@@ -108,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     """Print the table; exit 1 if an input fails to parse."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*", type=Path, default=[Path("/sys/kernel/btf/vmlinux")])
+    ap.add_argument("--scan", nargs="*", type=Path, default=[], metavar="IMAGE",
+                    help="also time find_btf_blob over these files (vmcores, memory images)")
     args = ap.parse_args(argv)
     cols = [("bytes", "{:>9}"), ("types", "{:>7}"), ("load_s", "{:>7.3f}"),
             ("parse_s", "{:>8.3f}"), ("q50_cold_s", "{:>10.3f}"), ("q50_warm_s", "{:>10.4f}"),
@@ -124,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
             rc = 1
             continue
         print(" ".join(fmt.format(row[c]) for c, fmt in cols) + f"  {row['input']}")
+    if args.scan:
+        print(f"\n{'found at':>12} {'bytes':>9} {'types':>7} {'scan_s':>7}  scanned file")
+    for f in args.scan:
+        try:
+            off, size, ntypes, took = scan(f)
+        except (KdlayoutError, OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            rc = 1
+            continue
+        print(f"{off:>#12x} {size:>9} {ntypes:>7} {took:>7.3f}  {f}")
     return rc
 
 
