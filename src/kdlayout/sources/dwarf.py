@@ -409,6 +409,10 @@ def _decompress(raw: memoryview, sec: ElfSection, path: str) -> bytes:
     except Exception as e:  # zstandard.ZstdError
         raise CorruptError(f"{sec.name} does not decompress: {e}", path=path,
                            offset=sec.offset) from None
+    finally:
+        # An exception's traceback keeps this frame alive: a live slice of the mapping would
+        # stop the caller from unmapping the file.
+        payload.release()
     if len(out) != want:
         raise CorruptError(f"{sec.name} decompressed to {len(out)} bytes, header says {want}",
                            path=path, offset=sec.offset)
@@ -708,9 +712,11 @@ class DwarfTypeSource:
             view.release()
         whole = getattr(self, "_whole", None)
         if whole is not None:
-            whole.release()
+            with contextlib.suppress(BufferError):
+                whole.release()
         if self._mmap is not None:
-            self._mmap.close()
+            with contextlib.suppress(BufferError):   # never mask the error being raised
+                self._mmap.close()
             self._mmap = None
 
     @classmethod
@@ -724,7 +730,11 @@ class DwarfTypeSource:
         self._mmap = None
         if isinstance(data, memoryview | bytearray):
             data = bytes(data)
-        self._setup(data, fallback_max_units, fallback_max_seconds, thorough)
+        try:
+            self._setup(data, fallback_max_units, fallback_max_seconds, thorough)
+        except BaseException:
+            self._abandon()       # release the views, so that the caller can close ``data``
+            raise
         return self
 
     def _setup(self, buf: Buffer, max_units: int, max_seconds: float, thorough: bool) -> None:
