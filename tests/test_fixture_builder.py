@@ -125,6 +125,11 @@ def test_parse_packages_fields() -> None:
     assert (img.mirror, img.suite) == ("http://m", "sid")
 
 
+def test_parse_packages_name_filter() -> None:
+    names = [r.name for r in fd.parse_packages(NEW_STYLE, names=re.compile(r"linux-"))]
+    assert len(names) == 5 and all(n.startswith("linux-") for n in names)
+
+
 def test_parse_packages_skips_malformed() -> None:
     text = "Package: a\nVersion: 1\n\nPackage: b\nVersion: 1\nFilename: x\nSize: notanumber\nSHA256: 00\n\n" + _stanza("c", "2")
     assert [r.name for r in fd.parse_packages(text)] == ["c"]

@@ -806,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     kernels: dict[str, deb.KernelChoice] = {}
     for s in needed:
-        idx = deb.load_index(s, cache)
+        idx = deb.load_index(s, cache, names=re.compile(r"linux-"))
         kernels[s] = deb.choose_kernel(idx, s)
     if args.list:
         for s in needed:

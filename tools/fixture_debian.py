@@ -117,9 +117,17 @@ class PackageRecord:
     suite: str
 
 
-def parse_packages(text: str, mirror: str = DEBIAN_MIRROR, suite: str = "") -> Iterator[PackageRecord]:
-    """Parse the text of a Debian Packages index into records (malformed stanzas are skipped)."""
+def parse_packages(text: str, mirror: str = DEBIAN_MIRROR, suite: str = "",
+                   names: re.Pattern[str] | None = None) -> Iterator[PackageRecord]:
+    """Parse the text of a Debian Packages index into records (malformed stanzas are skipped).
+
+    With names, only stanzas whose Package matches it (re.match) are parsed.
+    """
     for stanza in re.split(r"\n\s*\n", text):
+        if names is not None:
+            m = re.match(r"\s*Package:\s*(\S+)", stanza)
+            if m is None or not names.match(m.group(1)):
+                continue
         fields: dict[str, str] = {}
         key = None
         for line in stanza.splitlines():
@@ -353,8 +361,12 @@ def _inrelease_sha256(signed: bytes, member: str) -> str | None:
     return None
 
 
-def load_index(suite: str, cache: Path, log: list[str] | None = None) -> PackageIndex:
-    """Download (or reuse, if younger than 6 h) and verify the indexes of a suite."""
+def load_index(suite: str, cache: Path, log: list[str] | None = None,
+               names: re.Pattern[str] | None = None) -> PackageIndex:
+    """Download (or reuse, if younger than 6 h) and verify the indexes of a suite.
+
+    names restricts parsing to matching package names (much faster for kernels).
+    """
     idx = PackageIndex()
     member = f"main/binary-{ARCH}/Packages.xz"
     for mirror, dist in _suite_urls(suite):
@@ -387,7 +399,7 @@ def load_index(suite: str, cache: Path, log: list[str] | None = None) -> Package
             if log is not None:
                 log.append(f"{dist}: index verified ({len(data)} bytes)")
         text = lzma.decompress(pk.read_bytes()).decode("utf-8", "replace")
-        idx.add(parse_packages(text, mirror, dist))
+        idx.add(parse_packages(text, mirror, dist, names))
         idx.suites.append(dist)
     if not idx.suites:
         raise ArchiveError(f"{suite}: no index found")
