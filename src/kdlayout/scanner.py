@@ -419,7 +419,7 @@ class Scanner:
 
     # --- reading struct pages
 
-    def _read_block(self, start: int, n: int, anomalies: _Anomalies | None = None) -> _Block:
+    def _read_block(self, start: int, n: int) -> _Block:
         """Fields of pfns ``[start, start + n + lookahead)``, zero where no struct page."""
         total = n + self.lookahead + 1
         end = start + total
@@ -436,11 +436,8 @@ class Scanner:
             try:
                 raw = self.dump.view(c.paddr + (lo - c.start_pfn) * self.psize,
                                      (hi - lo) * self.psize)
-            except KdlayoutError as exc:
-                if anomalies is not None:
-                    anomalies.add("memmap-not-in-dump", f"struct pages not readable: {exc}",
-                                  np.arange(lo, min(hi, start + n), dtype=np.int64))
-                continue   # pages stay unclassified (kept)
+            except KdlayoutError:
+                continue   # counted by classify_block; the pages are kept
             rows = raw.reshape(hi - lo, self.psize)
             words = (rows.view("<u8") if self.psize % 8 == 0 and raw.ctypes.data % 8 == 0
                      else None)
@@ -480,12 +477,13 @@ class Scanner:
     # --- classification
 
     def _own_codes(self, b: _Block, idx: np.ndarray, pfns: np.ndarray,
-                   anomalies: _Anomalies) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                   anomalies: _Anomalies, limit: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                    np.ndarray]:
         """Classify pages ``idx`` of block ``b`` (heads or single pages) as heads.
 
         Returns (code, range length in pages, head_ok, free_len) where range length is the
         compound page size (1 for a single page), free_len the free block length (0 if none).
+        Anomalies are counted for the first ``limit`` pages only (the rest is look-ahead).
         """
         s = self.sem
         f = b.fields
@@ -514,7 +512,7 @@ class Scanner:
         bad_order |= head & ~aligned
         anomalies.add("compound-order", "compound head with an order that is unreadable, "
                       "< 1, beyond the memory model or not aligned to its pfn",
-                      pfns[bad_order & has])
+                      pfns[:limit][(bad_order & has)[:limit]])
         length = np.where(head & ~bad_order, np.int64(1) << np.minimum(order, 62), 1)
 
         # free blocks: buddy head, order in page.private
@@ -530,7 +528,7 @@ class Scanner:
                                 != 0))
         anomalies.add("free-order", f"buddy page whose order (page.private) is >= "
                       f"{s.free.nr_page_orders} orders or not aligned to its pfn",
-                      pfns[bad_buddy & has])
+                      pfns[:limit][(bad_buddy & has)[:limit]])
         good_buddy = buddy & ~bad_buddy
         free_len = np.where(good_buddy, np.int64(1) << np.minimum(border, _U64(62)).astype(
             np.int64), 0)
@@ -590,7 +588,7 @@ class Scanner:
 
     def classify_block(self, start: int, n: int, anomalies: _Anomalies) -> np.ndarray:
         """Class codes (without ZERO) of pfns ``[start, start + n)``."""
-        b = self._read_block(start, n, anomalies)
+        b = self._read_block(start, n)
         total = len(b.has)
         pfns = np.arange(start, start + total, dtype=np.int64)
         allidx = np.arange(total, dtype=np.int64)
@@ -612,7 +610,13 @@ class Scanner:
                 tail[fi] = True
                 info = info.copy()
                 info[fi] = info[fi + 1]
-        code, length, head_ok, free_len = self._own_codes(b, allidx, pfns, anomalies)
+        code, length, head_ok, free_len = self._own_codes(b, allidx, pfns, anomalies, n)
+        # a present section covers the pfn but its struct page is not in the dump
+        _, covered = self.pfn_to_vaddr(pfns)
+        lost = covered & ~b.has
+        anomalies.add("memmap-not-in-dump", "a present section's struct page for the pfn is not "
+                      "in the dump", pfns[:n][lost[:n]])
+        code[lost] = np.uint8(PageClass.ANOMALY)
 
         # tails follow their head
         ti = np.nonzero(tail[:n])[0]
