@@ -109,6 +109,8 @@ MEMBER_QUERIES: tuple[tuple[str, str], ...] = (
     ("page", "arr"), ("page", "lists"), ("page", "name"), ("page", "nonexistent"),
     ("page", "flags.nonexistent"), ("page", "index.x"), ("zero", "z"), ("zero", "n"),
     ("atomic_long_t", "counter"), ("memdesc_flags_t", "f"), ("list_head", "prev"),
+    ("page", "lists[1].prev"), ("page", "arr[2][1]"), ("page", "arr[2]"), ("page", "a[1]"),
+    ("page", "lists[x]"),
 )
 SIZE_QUERIES = ("page", "list_head", "atomic_long_t", "memdesc_flags_t", "zero", "incomplete",
                 "atomic64_t", "no_such_type", "pageflags")
@@ -128,6 +130,10 @@ EXPECTED_MEMBERS = {
     ("page", "lists"): MemberLocation(768, 48, 0, 3),
     ("page", "flags.f"): MemberLocation(0, 8),
     ("page", "nonexistent"): None,
+    ("page", "lists[1].prev"): MemberLocation(960, 8),
+    ("page", "arr[2][1]"): MemberLocation(640, 4),
+    ("page", "arr[2]"): MemberLocation(608, 8, 0, 2),
+    ("page", "a[1]"): None,                              # not an array
     ("zero", "z"): MemberLocation(32, 0, 0, 0),
 }
 
@@ -200,25 +206,39 @@ def _drgn_member(prog: Any, type_name: str, path: str) -> MemberLocation | None:
         return None
     bits = 0
     member: Any = None
+    mtype: Any = None
     for comp in path.split("."):
+        name, _, rest = comp.partition("[")
+        try:
+            indices = [int(x) for x in rest.rstrip("]").split("][")] if rest else []
+        except ValueError:
+            return None
         while t.kind == drgn.TypeKind.TYPEDEF:
             t = t.type
         if t.kind not in (drgn.TypeKind.STRUCT, drgn.TypeKind.UNION):
             return None
         try:
-            member = t.member(comp)      # drgn searches anonymous members itself
+            member = t.member(name)      # drgn searches anonymous members itself
         except LookupError:
             return None
         bits += member.bit_offset
-        t = member.type
+        mtype = member.type
+        for i in indices:                # drgn nests multi-dimensional arrays
+            while mtype.kind == drgn.TypeKind.TYPEDEF:
+                mtype = mtype.type
+            if mtype.kind != drgn.TypeKind.ARRAY:
+                return None
+            mtype = mtype.type
+            bits += 8 * i * drgn.sizeof(mtype)
+        t = mtype
     try:
-        size = drgn.sizeof(member.type)
+        size = drgn.sizeof(mtype)
     except TypeError:                    # incomplete array (flexible member)
         size = 0
-    width = member.bit_field_size or 0
+    width = (member.bit_field_size or 0) if not indices else 0
     if width == 8 * size and bits % 8 == 0:
         width = 0
-    real = member.type
+    real = mtype
     while real.kind == drgn.TypeKind.TYPEDEF:
         real = real.type
     length = real.length if real.kind == drgn.TypeKind.ARRAY else None

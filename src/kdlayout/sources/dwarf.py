@@ -1572,12 +1572,32 @@ class DwarfTypeSource:
                 off, m = found
                 bits += off
                 mtype = self._type_of(m)
+                # One DW_TAG_array_type has a subrange per dimension (int a[4][2]); an element
+                # may itself be an array through a typedef. ``dims`` are the dimensions of the
+                # current array not yet indexed.
+                dims: list[int | None] = []
+                elem: _Die | None = None
                 for i in idx:
-                    arr = self._strip(mtype)
-                    if arr is None or arr.tag != TAG_ARRAY:
-                        return None
-                    mtype = self._type_of(arr)
-                    bits += 8 * i * (self._size_of(mtype) or 0)
+                    if not dims:
+                        arr = self._strip(mtype)
+                        if arr is None or arr.tag != TAG_ARRAY:
+                            return None
+                        dims = self._array_dims(arr) or [None]
+                        elem = self._type_of(arr)
+                    inner = 1
+                    for d in dims[1:]:
+                        inner *= d or 0
+                    bits += 8 * i * (self._size_of(elem) or 0) * inner
+                    dims = dims[1:]
+                    if not dims:
+                        mtype = elem
+                if dims and n == len(comps) - 1:     # a sub-array: a[2] of int a[4][2]
+                    size = self._size_of(elem) or 0
+                    for d in dims:
+                        size *= d or 0
+                    return MemberLocation(bits, size, 0, dims[0])
+                if dims:
+                    return None
                 if n == len(comps) - 1:
                     size = self._size_of(mtype) or 0
                     bit_size = int(m.attrs[AT_BIT_SIZE][1]) if AT_BIT_SIZE in m.attrs else 0
@@ -1753,7 +1773,15 @@ class DrgnTypeSource:
             return None
         bits = 0
         m = None
+        mt = None
         for comp in path.split("."):
+            idx: list[int] = []
+            if "[" in comp:
+                comp, _, rest = comp.partition("[")
+                try:
+                    idx = [int(x, 0) for x in rest.rstrip("]").split("][")]
+                except ValueError:
+                    return None
             while t.kind == drgn.TypeKind.TYPEDEF:
                 t = t.type
             if t.kind not in (drgn.TypeKind.STRUCT, drgn.TypeKind.UNION):
@@ -1763,14 +1791,21 @@ class DrgnTypeSource:
             except LookupError:
                 return None
             bits += m.bit_offset
-            t = m.type
-        assert m is not None
-        mt = m.type
+            mt = m.type
+            for i in idx:
+                while mt.kind == drgn.TypeKind.TYPEDEF:
+                    mt = mt.type
+                if mt.kind != drgn.TypeKind.ARRAY:
+                    return None
+                mt = mt.type
+                bits += 8 * i * int(drgn.sizeof(mt))
+            t = mt
+        assert m is not None and mt is not None
         try:
             size = int(drgn.sizeof(mt))
         except TypeError:
             size = 0
-        bit_size = int(m.bit_field_size or 0)
+        bit_size = int(m.bit_field_size or 0) if not idx else 0
         if bit_size == 8 * size and bits % 8 == 0:
             bit_size = 0
         real = mt
