@@ -1188,3 +1188,28 @@ def test_shared_suffix_and_duplicate_strings(tmp_path: Path) -> None:
     assert btf.find_enumerator("PG_locked") == [(en, 7)]
     assert btf.enum_value(None, "MY_PG_locked") == 8
     assert btf.enumerators("e") == {"PG_locked": 7, "MY_PG_locked": 8}
+
+
+SYS_DATA = SYS_VMLINUX.read_bytes() if SYS_VMLINUX.exists() else b""
+
+
+@need_sys_btf
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 0xFFFFFFFF)), min_size=1,
+                max_size=4))
+def test_mutated_sys_btf_fails_cleanly(pokes: list[tuple[int, int]]) -> None:
+    """Words of the header and first records of the real 5.5 MB BTF overwritten: parse, full
+    check and typical queries end in success or a KdlayoutError, in bounded time."""
+    data = bytearray(SYS_DATA)
+    for word, value in pokes:
+        struct.pack_into("<I", data, 4 * word, value)
+    t0 = time.perf_counter()
+    try:
+        btf = Btf.parse(bytes(data), source="mutant-vmlinux")
+        btf.check()
+        btf.member_offset("page", "flags")
+        btf.enum_value(None, "PG_locked")
+        btf.size_of(btf.find_one("task_struct", BtfKind.STRUCT))
+    except KdlayoutError as e:
+        assert e.path == "mutant-vmlinux" and "\n" not in str(e)
+    assert time.perf_counter() - t0 < 10
