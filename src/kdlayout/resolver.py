@@ -141,7 +141,7 @@ def _provide_kallsyms(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
         if addr is None:
             continue
         ctx.symbols[name] = addr
-        if name in _EXPORTED_BY_VALUE:
+        if name in kallsyms_source.VMCOREINFO_VALUE_SYMBOLS:
             fact = _symbol_by_value(ctx, name, addr, found.describe())
             if fact is not None:
                 facts.append(fact)
@@ -155,7 +155,6 @@ def _provide_kallsyms(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
 # SPARSEMEM_EXTREME's ``struct mem_section **mem_section`` that is the pointer stored in it.
 # Linux kernel commit a0b1280368d1 ("kdump: write correct address of mem_section into
 # vmcoreinfo") (in v4.15).
-_EXPORTED_BY_VALUE = frozenset({"mem_section"})
 _DIRECT_MAP = (0xFF00_0000_0000_0000, 0xFFFF_FFFF_8000_0000)
 
 
