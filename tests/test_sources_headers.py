@@ -210,6 +210,29 @@ def test_hostile_headers_fail_quickly_with_one_line(tmp_path: Path, text: str) -
     assert "\n" not in msg and "mm_types.h" in msg and "line " in msg
 
 
+def test_compile_that_never_ends_is_abandoned(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDLAYOUT_HEADERS_TIMEOUT", "0.5")
+    monkeypatch.setattr(headers, "_CHILD_CODE", "import time; time.sleep(60)")
+    start = time.monotonic()
+    with pytest.raises(UnsupportedError, match=r"within 0\.5 s"):
+        headers.HeadersTypeSource(make_tree(tmp_path), use_disk_cache=False)
+    assert time.monotonic() - start < 30
+
+
+def test_crashing_libclang_is_one_line_error(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(headers, "_CHILD_CODE",
+                        "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    obj = make_tree(tmp_path)
+    with pytest.raises(UnsupportedError, match=r"crashed \(signal 11\)") as err:
+        headers.HeadersTypeSource(obj, use_disk_cache=False)
+    assert str(err.value).startswith(str(obj))
+    monkeypatch.setattr(headers, "_CHILD_CODE", "raise SystemExit('boom')")
+    with pytest.raises(UnsupportedError, match=r"status 1.*boom"):
+        headers.HeadersTypeSource(obj, use_disk_cache=False)
+
+
 def test_not_a_tree(tmp_path: Path) -> None:
     with pytest.raises(KdlayoutError, match="no such headers directory"):
         headers.HeadersTypeSource(tmp_path / "nope")

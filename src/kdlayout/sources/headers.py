@@ -25,6 +25,8 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,11 +386,85 @@ class _Extractor:
         return HeadersModel(release, self.records, names, enums, dict(self.numbers))
 
 
-def extract(tree: HeadersTree, wanted_types: Iterable[str], wanted_enums: Iterable[str]
-            ) -> HeadersModel:
-    """Compile ``tree`` and extract the named types and enums (uncached)."""
+def extract_here(tree: HeadersTree, wanted_types: Iterable[str], wanted_enums: Iterable[str]
+                 ) -> HeadersModel:
+    """Compile ``tree`` in this process and extract the named types and enums (uncached)."""
     tu = _parse(tree)
     return _Extractor(_load_clang(), tu).model(tree.release, wanted_types, wanted_enums)
+
+
+def parse_timeout() -> float:
+    """Seconds one headers compile may take (``$KDLAYOUT_HEADERS_TIMEOUT``, default 300)."""
+    try:
+        return float(os.environ.get("KDLAYOUT_HEADERS_TIMEOUT", "300"))
+    except ValueError:
+        return 300.0
+
+
+# What the isolated compiler process runs (replaceable in tests).
+_CHILD_CODE = "from kdlayout.sources.headers import child_main; child_main()"
+_ERRORS: dict[str, type[KdlayoutError]] = {
+    "CorruptError": CorruptError, "MissingDataError": MissingDataError,
+    "UnsupportedError": UnsupportedError,
+}
+
+
+def extract(tree: HeadersTree, wanted_types: Iterable[str], wanted_enums: Iterable[str]
+            ) -> HeadersModel:
+    """Compile ``tree`` and extract the named types and enums (uncached).
+
+    libclang runs in a child process, so that a tree that crashes it or takes forever costs an
+    :class:`UnsupportedError` (after :func:`parse_timeout` seconds), not the whole program.
+    """
+    request = json.dumps({"obj": str(tree.obj), "src": str(tree.src), "release": tree.release,
+                          "types": list(wanted_types), "enums": list(wanted_enums)})
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    timeout = parse_timeout()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHILD_CODE], input=request,
+                              capture_output=True, text=True, timeout=timeout, env=env,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        raise UnsupportedError(f"libclang did not finish compiling the headers within "
+                               f"{timeout:g} s ($KDLAYOUT_HEADERS_TIMEOUT)",
+                               path=str(tree.obj)) from None
+    if proc.returncode < 0:
+        raise UnsupportedError(f"libclang crashed (signal {-proc.returncode}) compiling the "
+                               "headers", path=str(tree.obj))
+    try:
+        reply = json.loads(proc.stdout)
+        if not isinstance(reply, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UnsupportedError(f"the headers compiler process failed (status {proc.returncode}): "
+                               f"{last}", path=str(tree.obj)) from None
+    error = reply.get("error")
+    if isinstance(error, dict):
+        cls = _ERRORS.get(str(error.get("class")), UnsupportedError)
+        offset = error.get("offset")
+        raise cls(str(error.get("message")), path=error.get("path"),
+                  offset=offset if isinstance(offset, int) else None)
+    return HeadersModel.from_json(reply["model"])
+
+
+def child_main() -> None:
+    """Entry point of the compiler process: a JSON request on stdin, a JSON reply on stdout."""
+    req = json.loads(sys.stdin.read())
+    tree = HeadersTree(Path(req["obj"]), Path(req["src"]), req["release"])
+    try:
+        model = extract_here(tree, req["types"], req["enums"])
+        reply: dict[str, Any] = {"model": model.to_json()}
+    except KdlayoutError as exc:
+        reply = {"error": {"class": type(exc).__name__, "message": exc.message,
+                           "path": exc.path, "offset": exc.offset}}
+    except Exception as exc:  # anything libclang's bindings raise: reported, one line
+        first = (str(exc).splitlines() or [""])[0]
+        reply = {"error": {"class": "UnsupportedError", "path": str(tree.obj),
+                           "message": f"libclang failed: {type(exc).__name__}: {first}"}}
+    sys.stdout.write(json.dumps(reply))
 
 
 # ---- caching ---------------------------------------------------------------------------------
