@@ -184,6 +184,7 @@ class BtfInt:
 
     @property
     def signed(self) -> bool:
+        """BTF_INT_SIGNED is set."""
         return bool(self.encoding & BTF_INT_SIGNED)
 
 
@@ -290,6 +291,7 @@ class MemberInfo:
 
     @property
     def is_bitfield(self) -> bool:
+        """The member does not occupy whole bytes of its type's size."""
         return self.bit_size != 8 * self.byte_size or self.bit_offset % 8 != 0
 
 
@@ -684,6 +686,7 @@ class Btf:
         ntypes = self.nr_types
 
         def fail_if(bad: npt.NDArray[np.bool_], pos: npt.NDArray[np.int64], what: str) -> None:
+            """CorruptError at the lowest ``pos`` where ``bad`` holds."""
             hits = np.nonzero(bad)[0]
             if hits.size:
                 p = int(pos[hits].min())
@@ -698,15 +701,8 @@ class Btf:
         fail_if(w[arr + 4] >= ntypes, arr + 4, "array index type id")
 
         def entries(sel: npt.NDArray[np.bool_], step: int) -> npt.NDArray[np.int64]:
-            s0 = starts[sel] + 3
-            vl = vlens[sel]
-            total = int(vl.sum())
-            if total == 0:
-                return np.zeros(0, dtype=np.int64)
-            first = np.repeat(np.cumsum(vl) - vl, vl)
-            out: npt.NDArray[np.int64] = np.repeat(s0, vl) + step * (
-                np.arange(total, dtype=np.int64) - first)
-            return out
+            """Word index of every vlen entry of the selected types."""
+            return self._vlen_entries(sel, step)[0]
 
         comp_sel = (kinds == BtfKind.STRUCT) | (kinds == BtfKind.UNION)
         mem = entries(comp_sel, 3)
