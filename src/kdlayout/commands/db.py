@@ -43,9 +43,10 @@ def run_add(args: argparse.Namespace) -> int:
                              vmcoreinfo=args.vmcoreinfo, db=None, use_cache=False)
     with open_dump(args.vmcore) as dump:
         result = resolve(dump, options)
+        arch = dump.info.arch or "x86_64"
     layout = result.layout
     sources = [(s.name, s.status, s.detail) for s in result.sources]
-    path = write_entry(layout, args.db or default_db_dir(), sources=sources)
+    path = write_entry(layout, args.db or default_db_dir(), arch=arch, sources=sources)
     stored = len(read_entry(path).facts)
     print(f"{path}: {stored} facts of {layout.release} (build id {layout.build_id or 'unknown'}); "
           f"{len(layout) - stored} per-boot or derived facts left out")
