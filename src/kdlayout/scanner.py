@@ -368,6 +368,7 @@ class Scanner:
             self._fields["slab"] = _Field(s.slab.type_rule.field_offset,
                                           s.slab.type_rule.field_size)
         self.lookahead = max(f.page(self.psize) for f in self._fields.values())
+        self._keys = {name: (f.in_page(self.psize), f.size) for name, f in self._fields.items()}
         # Largest compound order the memory model allows (orders beyond it are anomalies).
         mpb = s.memory.max_physmem_bits or 52
         self.max_compound_order = mpb - self.page_shift
@@ -424,7 +425,9 @@ class Scanner:
         total = n + self.lookahead + 1
         end = start + total
         has = np.zeros(total, dtype=bool)
-        arrays = {name: np.zeros(total, dtype=np.uint64) for name in self._fields}
+        # fields at the same place in the page (flags and the order in _flags_1, page_type and
+        # the slab/hugetlb types) are extracted once
+        arrays = {key: np.zeros(total, dtype=np.uint64) for key in set(self._keys.values())}
         ci = max(int(np.searchsorted(self._chunk_start, start, side="right")) - 1, 0)
         chunks = self.mm.chunks
         while ci < len(chunks) and chunks[ci].start_pfn < end:
@@ -443,10 +446,9 @@ class Scanner:
                      else None)
             d0 = lo - start
             has[d0:d0 + hi - lo] = True
-            for name, f in self._fields.items():
-                off = f.in_page(self.psize)
-                arrays[name][d0:d0 + hi - lo] = _extract(words, rows, off, f.size)
-        return _Block(start, n, has, arrays)
+            for key, arr in arrays.items():
+                arr[d0:d0 + hi - lo] = _extract(words, rows, key[0], key[1])
+        return _Block(start, n, has, {name: arrays[key] for name, key in self._keys.items()})
 
     def _read_pages(self, pfns: np.ndarray) -> _Block:
         """Fields of a few scattered pfns (heads outside a block), each with its look-ahead.
@@ -477,22 +479,28 @@ class Scanner:
     # --- classification
 
     def _own_codes(self, b: _Block, idx: np.ndarray, pfns: np.ndarray,
-                   anomalies: _Anomalies, limit: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                   np.ndarray]:
+                   anomalies: _Anomalies, limit: int = 0) -> tuple[np.ndarray, np.ndarray,
+                                                                   np.ndarray, np.ndarray]:
         """Classify pages ``idx`` of block ``b`` (heads or single pages) as heads.
 
         Returns (code, range length in pages, head_ok, free_len) where range length is the
         compound page size (1 for a single page), free_len the free block length (0 if none).
         Anomalies are counted for the first ``limit`` pages only (the rest is look-ahead).
+        Dense work is a few passes over ``flags``/``page_type``/``mapping``; the rest runs on the
+        (sparse) pages a first test selected.
         """
         s = self.sem
         f = b.fields
+        n = len(idx)
+        last = len(b.has) - 1
         flags = f["flags"][idx]
         ptype = f["ptype"][idx]
-        mapping = f["mapping"][idx]
         has = b.has[idx]
         fl = s.flags
-        code = np.zeros(len(idx), dtype=np.uint8)
+        code = np.zeros(n, dtype=np.uint8)
+        length = np.ones(n, dtype=np.int64)
+        free_len = np.zeros(n, dtype=np.int64)
+        bad = np.zeros(n, dtype=bool)
 
         # slab first: struct slab overlays mapping/_mapcount.
         if s.slab.marker is SlabMarker.PAGE_TYPE:
@@ -500,73 +508,92 @@ class Scanner:
         else:
             slab = _bit(flags, s.slab.flag_bit)
 
-        # compound head and its order
+        # compound heads and their order (sparse)
         head = (flags & _U64(s.compound.head_mask)) != 0
+        hi = np.flatnonzero(head & has)
         of = self._fields["order"]
-        oidx = np.minimum(idx + of.page(self.psize), len(b.has) - 1)
+        oidx = np.minimum(idx[hi] + of.page(self.psize), last)
         order = (f["order"][oidx] & _U64(s.compound.order_mask)).astype(np.int64)
-        order_known = b.has[oidx]
-        order = np.where(head, order, 0)
-        bad_order = head & (~order_known | (order < 1) | (order > self.max_compound_order))
-        aligned = (pfns & ((np.int64(1) << np.minimum(order, 62)) - 1)) == 0
-        bad_order |= head & ~aligned
+        bad_order = (~b.has[oidx] | (order < 1) | (order > self.max_compound_order)
+                     | ((pfns[hi] & ((np.int64(1) << np.minimum(order, 62)) - 1)) != 0))
+        bo = hi[bad_order]
         anomalies.add("compound-order", "compound head with an order that is unreadable, "
                       "< 1, beyond the memory model or not aligned to its pfn",
-                      pfns[:limit][(bad_order & has)[:limit]])
-        length = np.where(head & ~bad_order, np.int64(1) << np.minimum(order, 62), 1)
+                      pfns[bo[bo < limit]])
+        good_heads = hi[~bad_order]
+        length[good_heads] = np.int64(1) << order[~bad_order]
+        bad[bo] = True
+        head_ok = np.zeros(n, dtype=bool)
+        head_ok[good_heads] = True
 
-        # free blocks: buddy head, order in page.private
+        # free blocks: buddy head, order in page.private (sparse)
         if s.free.buddy is not None:
             buddy = _type_match(ptype, s.free.buddy)
         else:
             buddy = _bit(flags, s.free.buddy_flag_bit)
-        buddy &= ~slab
-        border = f["private"][idx]
-        bad_buddy = buddy & ((border >= _U64(s.free.nr_page_orders))
-                             | ((pfns.astype(np.uint64)
-                                 & ((_U64(1) << np.minimum(border, _U64(63))) - _U64(1)))
-                                != 0))
+        bi = np.flatnonzero(buddy & ~slab & has)
+        border = f["private"][idx[bi]]
+        bad_buddy = ((border >= _U64(s.free.nr_page_orders))
+                     | ((pfns[bi].astype(np.uint64)
+                         & ((_U64(1) << np.minimum(border, _U64(63))) - _U64(1))) != 0))
+        bb = bi[bad_buddy]
         anomalies.add("free-order", f"buddy page whose order (page.private) is >= "
                       f"{s.free.nr_page_orders} orders or not aligned to its pfn",
-                      pfns[:limit][(bad_buddy & has)[:limit]])
-        good_buddy = buddy & ~bad_buddy
-        free_len = np.where(good_buddy, np.int64(1) << np.minimum(border, _U64(62)).astype(
-            np.int64), 0)
-        unacc = _type_match(ptype, s.free.unaccepted) & ~buddy & ~slab
-        free_len = np.where(unacc, np.int64(1) << s.free.max_page_order, free_len)
-        code |= np.where(good_buddy | unacc, np.uint8(PageClass.FREE), np.uint8(0))
+                      pfns[bb[bb < limit]])
+        gb = bi[~bad_buddy]
+        free_len[gb] = np.int64(1) << border[~bad_buddy].astype(np.int64)
+        bad[bb] = True
+        if s.free.unaccepted is not None:
+            ui = np.flatnonzero(_type_match(ptype, s.free.unaccepted) & ~buddy & ~slab & has)
+            free_len[ui] = np.int64(1) << s.free.max_page_order
+        code[free_len > 0] |= np.uint8(PageClass.FREE)
 
-        # page cache, private data, anonymous, hugetlb
-        lru = _bit(flags, fl.bit("PG_lru"))
-        swapcache = _bit(flags, fl.bit("PG_swapcache"))
+        # page cache, private data, hwpoison (sparse: pages with any of those flags)
+        def m(name: str) -> int:
+            bit = fl.bit(name)
+            return 0 if bit is None else 1 << bit
+
+        lru_m, sc_m, sb_m = m("PG_lru"), m("PG_swapcache"), m("PG_swapbacked")
+        priv_m = m("PG_private") | m("PG_private_2")
+        hwp_m = m("PG_hwpoison")
+        fi = np.flatnonzero((flags & _U64(lru_m | sc_m | hwp_m)) != 0)
+        ff = flags[fi]
         if fl.swapcache_requires_swapbacked:
-            swapcache &= _bit(flags, fl.bit("PG_swapbacked"))
-        cache = lru | swapcache
-        private = _bit(flags, fl.bit("PG_private")) | _bit(flags, fl.bit("PG_private_2"))
-        anon = ((mapping & _U64(s.mapping.anon)) != 0) & ~slab
-        code |= np.where(cache & ~anon & ~private,
-                         np.uint8(PageClass.CACHE | PageClass.CACHE_PRIVATE), np.uint8(0))
-        code |= np.where(cache & ~anon & private, np.uint8(PageClass.CACHE_PRIVATE), np.uint8(0))
-        huge = np.zeros(len(idx), dtype=bool)
+            swapcache = (ff & _U64(sc_m | sb_m)) == _U64(sc_m | sb_m)
+        else:
+            swapcache = (ff & _U64(sc_m)) != 0
+        cache = ((ff & _U64(lru_m)) != 0) | swapcache
+        private = (ff & _U64(priv_m)) != 0
+        # anonymous: mapping bit 0 (sparse), never on slab pages
+        ai = np.flatnonzero((f["mapping"][idx] & _U64(s.mapping.anon)) != 0)
+        ai = ai[~slab[ai]]
+        anon_f = np.isin(fi, ai, assume_unique=True)
+        ci = fi[cache & ~anon_f]
+        cpriv = private[cache & ~anon_f]
+        code[ci[~cpriv]] |= np.uint8(PageClass.CACHE | PageClass.CACHE_PRIVATE)
+        code[ci[cpriv]] |= np.uint8(PageClass.CACHE_PRIVATE)
+        code[fi[(ff & _U64(hwp_m)) != 0]] |= np.uint8(PageClass.HWPOISON)
+        code[ai] |= np.uint8(PageClass.USER)
         ht = s.compound.hugetlb
         if ht is not None:
             hf = self._fields["hugetlb"]
-            hidx = np.minimum(idx + hf.page(self.psize), len(b.has) - 1)
-            hw = f["hugetlb"][hidx]
-            huge = ((hw & _U64(ht.mask)) == _U64(ht.value)) & b.has[hidx]
-            if ht.marker is not HugetlbMarker.PAGE_TYPE:
-                huge &= head            # the marker lives in the first tail page
-        code |= np.where(anon | huge, np.uint8(PageClass.USER), np.uint8(0))
-        code |= np.where(_bit(flags, fl.bit("PG_hwpoison")), np.uint8(PageClass.HWPOISON),
-                         np.uint8(0))
-        offline = _type_match(ptype, s.page_types.get("offline")) & ~slab
-        code |= np.where(offline, np.uint8(PageClass.OFFLINE), np.uint8(0))
+            if ht.marker is HugetlbMarker.PAGE_TYPE and hf.page(self.psize) == 0:
+                hsel = np.flatnonzero(((f["hugetlb"][idx] & _U64(ht.mask)) == _U64(ht.value))
+                                      & has)
+            else:                       # the marker lives in the first tail page of a head
+                hidx = np.minimum(idx[hi] + hf.page(self.psize), last)
+                hw = f["hugetlb"][hidx]
+                hsel = hi[((hw & _U64(ht.mask)) == _U64(ht.value)) & b.has[hidx]]
+            code[hsel] |= np.uint8(PageClass.USER)
+        off_rule = s.page_types.get("offline")
+        if off_rule is not None:
+            code[np.flatnonzero(_type_match(ptype, off_rule) & ~slab)] |= np.uint8(
+                PageClass.OFFLINE)
 
-        bad = (bad_order | bad_buddy) & has
-        code = np.where(bad, np.uint8(PageClass.ANOMALY), code)
-        code = np.where(has, code, np.uint8(0))
-        head_ok = has & head & ~bad_order
-        return code, length, head_ok, np.where(bad, 0, free_len)
+        code[bad] = np.uint8(PageClass.ANOMALY)
+        code[~has] = 0
+        free_len[bad] = 0
+        return code, length, head_ok, free_len
 
     def _head_pfns(self, b: _Block, pfns: np.ndarray, info: np.ndarray,
                    tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -612,8 +639,7 @@ class Scanner:
                 info[fi] = info[fi + 1]
         code, length, head_ok, free_len = self._own_codes(b, allidx, pfns, anomalies, n)
         # a present section covers the pfn but its struct page is not in the dump
-        _, covered = self.pfn_to_vaddr(pfns)
-        lost = covered & ~b.has
+        lost = self._covered(start, total) & ~b.has
         anomalies.add("memmap-not-in-dump", "a present section's struct page for the pfn is not "
                       "in the dump", pfns[:n][lost[:n]])
         code[lost] = np.uint8(PageClass.ANOMALY)
@@ -667,6 +693,18 @@ class Scanner:
             keep_anom = (code[:n] & np.uint8(PageClass.ANOMALY)) != 0
             code[:n] |= np.where(covered & ~keep_anom, np.uint8(PageClass.FREE), np.uint8(0))
         return code[:n]
+
+    def _covered(self, start: int, total: int) -> np.ndarray:
+        """Whether a present section covers each pfn of ``[start, start + total)``."""
+        out = np.zeros(total, dtype=bool)
+        i = max(int(np.searchsorted(self._sec_pfn, start, side="right")) - 1, 0)
+        while i < len(self._sec_pfn) and self._sec_pfn[i] < start + total:
+            lo = max(int(self._sec_pfn[i]), start)
+            hi = min(int(self._sec_pfn[i] + self._sec_n[i]), start + total)
+            if hi > lo:
+                out[lo - start:hi - start] = True
+            i += 1
+        return out
 
     def _free_behind(self, start: int) -> int:
         """How many pages from ``start`` on a free block that begins before ``start`` covers.
