@@ -353,6 +353,17 @@ def test_db_only_resolve_reproduces_struct_page(fixture: Any, tmp_path: Path) ->
     assert all(lay[k].chosen.source == "db" for k in page)
     assert not any(k.startswith("SYMBOL(") for k in lay)
 
+    # 3. And they are the kernel's: DWARF of the -dbg vmlinux (drgn) says the same.
+    vmlinux = fixture.path("vmlinux_dbg")
+    if vmlinux is not None and fixture.path("vmcore") is not None:
+        pytest.importorskip("drgn")
+        from drgn_oracle import catalogue_facts, load_program
+
+        dwarf = catalogue_facts(load_program(vmlinux, fixture.path("vmcore")))
+        shared = [k for k in page if k in dwarf]
+        assert len(shared) >= 10
+        assert {k: lay.get_value(k) for k in shared} == {k: dwarf[k] for k in shared}
+
 
 def test_cli_db_add_on_a_real_dump(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fixtures import get_fixture
