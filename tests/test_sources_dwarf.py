@@ -584,6 +584,18 @@ def test_elf32_and_big_endian_unsupported(compiled: dict[str, Path], tmp_path: P
         _one_line(ei.value, p)
 
 
+def test_relocatable_object_is_unsupported(tmp_path: Path) -> None:
+    """A .o (like a .ko) has DWARF whose string offsets are still in .rela.debug_info."""
+    gcc = _gcc()
+    src = tmp_path / "m.c"
+    src.write_text(C_SOURCE)
+    obj = tmp_path / "m.o"
+    subprocess.run([gcc, "-g", "-c", "-o", str(obj), str(src)], check=True, timeout=120)
+    with pytest.raises(UnsupportedError) as ei:
+        DwarfTypeSource(obj)
+    assert "relocat" in _one_line(ei.value, obj) and ei.value.offset == 0x10
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 0.99])
 def test_truncated_file(compiled: dict[str, Path], tmp_path: Path, fraction: float) -> None:
     data = compiled["dwarf5"].read_bytes()

@@ -320,6 +320,7 @@ class ElfSection(NamedTuple):
 
 
 SHT_NOBITS = 8
+ET_REL = 1
 SHF_COMPRESSED = 0x800
 ELFCOMPRESS_ZLIB = 1
 ELFCOMPRESS_ZSTD = 2
@@ -747,6 +748,12 @@ class DwarfTypeSource:
         self._views: list[memoryview] = []
         self.sections = read_elf_sections(buf, self.path)
         self._whole = memoryview(buf)
+        e_type, = struct.unpack_from("<H", buf, 0x10)
+        if e_type == ET_REL and (".rela.debug_info" in self.sections
+                                 or ".rel.debug_info" in self.sections):
+            raise UnsupportedError("a relocatable object (a .o or .ko): its DWARF needs "
+                                   "relocations applied, which this source does not do",
+                                   path=self.path, offset=0x10)
         info = self._section(".debug_info")
         if info is None:
             raise MissingDataError("no .debug_info section (a stripped vmlinux? use the one from "
