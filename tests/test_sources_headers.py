@@ -99,6 +99,10 @@ def make_tree(root: Path, mm_types: str = MM_TYPES_H, *, extra: bool = False,
         (obj / "Makefile").write_text(f"include /usr/src/{src.name}/Makefile\n")
     elif split == "symlink":
         (obj / "source").symlink_to(src)
+    elif split == "relative-symlink":
+        (obj / "source").symlink_to(Path("..") / src.name)
+    elif split == "relative-makefile":
+        (obj / "Makefile").write_text(f"include ../{src.name}/Makefile\n")
     return obj
 
 
@@ -172,7 +176,8 @@ def test_config_decides_layout(tmp_path: Path) -> None:
     assert plain["SIZE(page)"] == 48 and extra["SIZE(page)"] == 56
 
 
-@pytest.mark.parametrize("split", ["makefile", "symlink"])
+@pytest.mark.parametrize("split", ["makefile", "symlink", "relative-symlink",
+                                   "relative-makefile"])
 def test_split_trees_are_found(tmp_path: Path, split: str) -> None:
     obj = make_tree(tmp_path, split=split)
     tree = headers.find_tree(obj)

@@ -153,12 +153,11 @@ def find_tree(path: str | os.PathLike[str]) -> HeadersTree:
     if (obj / "include" / "linux" / "mm_types.h").is_file():
         src = obj
     elif (obj / "source").exists() or (obj / "source").is_symlink():
-        src = _rebase(Path(os.readlink(obj / "source")) if (obj / "source").is_symlink()
-                      else obj / "source", obj)
+        src = _rebase((obj / "source").resolve(), obj)  # relative links are relative to obj
     if src is None and (obj / "Makefile").is_file():
         text = (obj / "Makefile").read_text("utf-8", "replace")
         for m in re.finditer(r"^\s*include\s+(\S+)/Makefile\s*$", text, re.M):
-            src = _rebase(Path(m.group(1)), obj)
+            src = _rebase(obj / m.group(1), obj)  # an absolute path replaces obj
             if src is not None:
                 break
     if src is None or not (src / "include" / "linux" / "mm_types.h").is_file():
