@@ -1213,3 +1213,96 @@ def test_mutated_sys_btf_fails_cleanly(pokes: list[tuple[int, int]]) -> None:
     except KdlayoutError as e:
         assert e.path == "mutant-vmlinux" and "\n" not in str(e)
     assert time.perf_counter() - t0 < 10
+
+
+DBG_FIXTURES = [f for f in FIXTURES if f.path("vmlinux_dbg")]
+DWARF_STRUCTS = ["page", "folio", "zone", "free_area", "pglist_data", "mem_section", "list_head",
+                 "task_struct", "mm_struct", "vm_area_struct", "address_space", "kmem_cache",
+                 "uts_namespace", "new_utsname", "printk_ringbuffer", "prb_desc_ring",
+                 "prb_desc", "prb_data_ring", "printk_info", "memdesc_flags_t", "atomic_long_t",
+                 "prb_data_blk_lpos", "per_cpu_pages", "lruvec", "super_block", "inode"]
+
+
+def _drgn_members(tp: Any, base: int = 0) -> Iterator[tuple[str, int, int]]:
+    """(name, absolute bit offset, bit-field size) of every member C can name directly,
+    anonymous structs/unions expanded (drgn's view of the DWARF)."""
+    cur = tp.unqualified()
+    while cur.kind.name == "TYPEDEF":
+        cur = cur.type.unqualified()
+    for m in cur.members or ():
+        if m.name is None:
+            yield from _drgn_members(m.type, base + m.bit_offset)
+        else:
+            yield m.name, base + m.bit_offset, m.bit_field_size or 0
+
+
+def _btf_type_id(btf: Btf, name: str) -> int | None:
+    ids = btf.find(name, (BtfKind.STRUCT, BtfKind.UNION)) or btf.find(name, BtfKind.TYPEDEF)
+    return ids[0] if ids else None
+
+
+@pytest.mark.fixtures
+@pytest.mark.skipif(not DBG_FIXTURES, reason="no fixtures with vmlinux-dbg DWARF, vmcore and "
+                    "vmlinuz (built by tools/build_fixtures.py --dbg)")
+@pytest.mark.parametrize("fx", DBG_FIXTURES, ids=[f.name for f in DBG_FIXTURES])
+def test_btf_layouts_agree_with_dwarf_via_drgn(fx: Any) -> None:
+    """The kernel's BTF (from its vmlinuz) against its -dbg DWARF read by drgn: sizes, every
+    directly nameable member (anonymous unions expanded) of the structs the resolver and the
+    scanner use, the catalogue's dotted paths, and the catalogue's enums and enumerators."""
+    drgn = pytest.importorskip("drgn", reason="drgn is not installed")
+    from drgn_oracle import _find_type, _member, load_program
+    from kdlayout.catalogue import ENUM_QUERIES, ENUMERATOR_QUERIES, TYPE_QUERIES
+
+    prog = load_program(fx.path("vmlinux_dbg"), fx.path("vmcore"))
+    elf, _ = debian_vmlinux(fx.path("vmlinuz"))
+    btf = btf_from_elf(elf, source=str(fx.path("vmlinuz")))
+    names = list(dict.fromkeys(DWARF_STRUCTS + [q.type_name for q in TYPE_QUERIES]))
+    compared = 0
+    for name in names:
+        tp = _find_type(prog, name)
+        tid = _btf_type_id(btf, name)
+        assert (tp is None) == (tid is None), name
+        if tp is None or tid is None:
+            continue
+        assert btf.size_of(tid) == drgn.sizeof(tp), name
+        for mname, bit_off, bits in _drgn_members(tp):
+            info = btf.member_offset(tid, mname)
+            assert info.bit_offset == bit_off, f"{name}.{mname}"
+            if bits:
+                assert info.bit_size == bits, f"{name}.{mname}"
+            compared += 1
+    for q in TYPE_QUERIES:
+        tp = _find_type(prog, q.type_name)
+        tid = _btf_type_id(btf, q.type_name)
+        if tp is None or tid is None:
+            continue
+        for path in q.members:
+            loc = _member(prog, tp, path)
+            if loc is None:
+                with pytest.raises(MissingDataError):
+                    btf.member_offset(tid, path)
+                continue
+            bit, bits, _length, size = loc
+            info = btf.member_offset(tid, path)
+            assert (info.bit_offset, info.byte_size) == (bit, size), f"{q.type_name}.{path}"
+            if bits:
+                assert info.bit_size == bits
+            compared += 1
+    for enum in ENUM_QUERIES:
+        try:
+            etp = prog.type(f"enum {enum}")
+        except LookupError:
+            with pytest.raises(MissingDataError):
+                btf.enumerators(enum)
+            continue
+        assert btf.enumerators(enum) == {e.name: e.value for e in etp.enumerators or ()}
+        compared += 1
+    for enumerator in ENUMERATOR_QUERIES:
+        try:
+            want = prog.constant(enumerator).value_()
+        except LookupError:
+            assert not btf.find_enumerator(enumerator)
+            continue
+        assert btf.enum_value(None, enumerator) == want
+        compared += 1
+    assert compared > 300
