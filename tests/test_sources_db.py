@@ -230,6 +230,13 @@ def test_hostile_build_id_and_release_never_reach_the_file_system(tmp_path: Path
         db.DbSource(tmp_path / "db", build_id="*", release="../6.1.0-test")
 
 
+def test_release_fallback_compares_times_not_strings(tmp_path: Path) -> None:
+    # 23:00Z written with an offset vs 23:30Z: the second is newer though it sorts first as text.
+    _entry_with_created(tmp_path, BID_A, "2026-03-01T00:00:00+01:00", 64)
+    _entry_with_created(tmp_path, BID_B, "2026-02-28T23:30:00Z", 80)
+    assert db.DbSource(tmp_path, build_id=None, release="6.1.0-test").entry.build_id == BID_B
+
+
 def test_build_id_match_with_other_release_warns(tmp_path: Path) -> None:
     db.write_entry(sample_layout(), tmp_path)
     src = db.DbSource(tmp_path, build_id=BID_A, release="6.1.0-renamed")

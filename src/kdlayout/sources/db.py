@@ -352,7 +352,8 @@ def find_entry(db_dir: str | os.PathLike[str], *, build_id: str | None,
                       if not p.name.startswith(".")]
         candidates = [e for e in candidates if e.release == release]
         if candidates:
-            entry = max(candidates, key=lambda e: e.created)
+            entry = max(candidates, key=lambda e: _dt.datetime.fromisoformat(
+                e.created.replace("Z", "+00:00")).astimezone(_dt.UTC))
             why = (f"no entry for build id {bid}" if bid else "the dump's build id is unknown")
             return Match(entry, "release", (
                 f"layout database: {why}; using {entry.path} (build id {entry.build_id}) by "
