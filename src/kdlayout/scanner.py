@@ -64,10 +64,12 @@ __all__ = [
 
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
-#: Default pfns per work block (16 MiB of 64-byte struct pages).
-DEFAULT_BLOCK_PAGES = 1 << 18
+#: Default pfns per work block (4 MiB of 64-byte struct pages; several blocks keep both threads busy).
+DEFAULT_BLOCK_PAGES = 1 << 16
 #: Bytes of page content checked for zeros per read (bounded memory).
 _ZERO_CHUNK = 8 << 20
+#: struct pages per slice when extracting fields (256 KiB of 64-byte pages: fits in L2).
+_CACHE_PAGES = 4096
 #: Examples kept per anomaly kind.
 _EXAMPLES = 8
 
@@ -262,7 +264,7 @@ def _extract(words: np.ndarray | None, raw: np.ndarray, off: int, size: int) -> 
     if s + size <= 8 and words is not None:
         col = words[:, w]
         if s == 0 and size == 8:
-            return col.copy()
+            return col
         out: np.ndarray = (col >> _U64(8 * s)) & _U64((1 << (8 * size)) - 1)
         return out
     b = np.zeros((raw.shape[0], 8), dtype=np.uint8)
@@ -446,8 +448,12 @@ class Scanner:
                      else None)
             d0 = lo - start
             has[d0:d0 + hi - lo] = True
-            for key, arr in arrays.items():
-                arr[d0:d0 + hi - lo] = _extract(words, rows, key[0], key[1])
+            # cache-sized slices: every field of a slice is taken while its lines are in cache
+            for s0 in range(0, hi - lo, _CACHE_PAGES):
+                s1 = min(s0 + _CACHE_PAGES, hi - lo)
+                w = None if words is None else words[s0:s1]
+                for key, arr in arrays.items():
+                    arr[d0 + s0:d0 + s1] = _extract(w, rows[s0:s1], key[0], key[1])
         return _Block(start, n, has, {name: arrays[key] for name, key in self._keys.items()})
 
     def _read_pages(self, pfns: np.ndarray) -> _Block:
