@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # QEMU boots the Debian kernels (TCG); busybox/cpio/kmod make the guest's initramfs; kexec-tools
 # loads the capture kernel; zstd/xz/dpkg unpack packages; e2fsprogs and gcc serve the guest
 # workload; makedumpfile, crash, bpftool and binutils are the independent peers; liblzo2-dev lets
-# python-lzo build; libclang-dev serves the headers source; gpgv verifies the package indexes.
+# python-lzo build; libclang-dev serves the headers source; gpgv verifies the package indexes;
+# clang, dwarves (pahole) and gdb are independent DWARF producers and readers for the tests.
 # dwarves (pahole) encodes small real BTF and prints struct layouts for the BTF tests; lz4 makes
 # kernel-style lz4 payloads for the vmlinuz tests.
 APT_PACKAGES=(
@@ -22,6 +23,7 @@ APT_PACKAGES=(
     dwarves lz4
     liblzo2-dev libclang-dev
     gpgv debian-archive-keyring
+    clang dwarves gdb
 )
 
 missing=()
