@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import fetch_headers as fh  # type: ignore[import-not-found]
+import fetch_headers as fh  # type: ignore[import-not-found, unused-ignore]
 
 
 def _deb(name: str, version: str) -> fh.Deb:
