@@ -41,6 +41,7 @@ def sample_layout(release: str = "6.1.0-test", build_id: str | None = BID_A,
         Fact("KERNELOFFSET", 0x1E000000, "vmcoreinfo", "vmcore line 10"),
         Fact("CRASHTIME", 1700000000, "vmcoreinfo", "vmcore line 11"),
         Fact("NUMBER(phys_base)", 0x1000000, "vmcoreinfo", "vmcore line 12"),
+        Fact("NUMBER(VMALLOC_START)", 0xFFFFD30280000000, "vmcoreinfo", "vmcore line 13"),
     ]
     layout = merge(facts)
     layout.release = release

@@ -37,6 +37,9 @@ SCHEMA_VERSION = 1
 BOOT_SPECIFIC_KEYS: frozenset[str] = frozenset({
     "CRASHTIME", "KERNELOFFSET", "NUMBER(phys_base)", "NUMBER(pgtable_l5_enabled)",
     "NUMBER(sme_mask)", "NUMBER(MAX_PHYSMEM_BITS)",
+    # Randomised with KASLR (x86_64 exports VMALLOC_START since 6.x), or placed at boot (arm64).
+    "NUMBER(VMALLOC_START)", "NUMBER(VMEMMAP_START)", "NUMBER(kimage_voffset)",
+    "NUMBER(PHYS_OFFSET)",
 })
 #: Key prefixes of per-boot facts (runtime addresses).
 BOOT_SPECIFIC_PREFIXES: tuple[str, ...] = ("SYMBOL(",)
