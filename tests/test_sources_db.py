@@ -406,3 +406,26 @@ def test_broken_db_never_tracebacks_in_cli(tmp_path: Path, capsys: pytest.Captur
     assert "Traceback" not in capsys.readouterr().out
     with pytest.raises(KdlayoutError):
         db.read_entry(tmp_path / "db" / "6.1.0-test" / f"{BID_A}.json")
+
+
+def test_second_boot_of_a_build_agrees_with_its_entry(tmp_path: Path) -> None:
+    """Two fixtures of one kernel build (different boots, KASLR offsets): the entry written
+    from one is confirmed fact by fact by the other's own VMCOREINFO and BTF — nothing per-boot
+    leaked into the entry."""
+    from fixtures import load_fixtures
+
+    by_release: dict[str, list[Any]] = {}
+    for fx in load_fixtures():
+        by_release.setdefault(fx.release, []).append(fx)
+    pairs = [fxs[:2] for fxs in by_release.values() if len(fxs) >= 2]
+    if not pairs:
+        pytest.skip("no two fixtures of one kernel build (e.g. trixie and trixie-cap-bookworm)")
+    first, second = pairs[0]
+    one = _resolve_dump(_dump_path(first))
+    entry = db.read_entry(db.write_entry(one, tmp_path))
+    two = _resolve_dump(_dump_path(second))
+    if two.build_id != one.build_id:
+        pytest.skip(f"{first.name} and {second.name} are different builds")
+    compared = [k for k in entry.facts if k in two]
+    assert len(compared) >= 150
+    assert {k: entry.facts[k].value for k in compared} == {k: two.get_value(k) for k in compared}
