@@ -134,12 +134,15 @@ def _provide_kallsyms(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
     from .sources import kallsyms_source
 
     found = kallsyms_source.symbols_from_dump(ctx.dump, ctx.vmcoreinfo)
+    # One pass for the few names wanted, rather than a by-name index of ~200k symbols.
     wanted = set(catalogue.SYMBOL_QUERIES)
+    first: dict[str, int] = {}
+    for i, sym_name in enumerate(found.table.names):
+        if sym_name in wanted and sym_name not in first:
+            first[sym_name] = i
     facts: list[Fact] = []
-    for name in sorted(wanted):
-        addr = found.table.lookup(name)
-        if addr is None:
-            continue
+    for name in sorted(first):
+        addr = int(found.table.addresses[first[name]])
         ctx.symbols[name] = addr
         if name in kallsyms_source.VMCOREINFO_VALUE_SYMBOLS:
             fact = _symbol_by_value(ctx, name, addr, found.describe())
