@@ -429,3 +429,20 @@ def test_second_boot_of_a_build_agrees_with_its_entry(tmp_path: Path) -> None:
     compared = [k for k in entry.facts if k in two]
     assert len(compared) >= 150
     assert {k: entry.facts[k].value for k in compared} == {k: two.get_value(k) for k in compared}
+
+
+def test_resolver_disk_cache_sees_a_changed_entry(tmp_path: Path) -> None:
+    dbdir = tmp_path / "db"
+    db.write_entry(sample_layout(page_size=64), dbdir)
+    vi = _ident_vmcoreinfo(tmp_path, "6.1.0-test", BID_A)
+    opts = {"vmcoreinfo": str(vi), "db": str(dbdir), "cache_dir": str(tmp_path / "cache")}
+    resolver._memory_cache.clear()
+    first = resolve(None, ResolveOptions(**opts))  # type: ignore[arg-type]
+    assert first.layout.size("page") == 64 and first.cache_path is not None
+    resolver._memory_cache.clear()
+    assert resolve(None, ResolveOptions(**opts)).from_cache  # type: ignore[arg-type]
+    # Rewriting the entry deep inside the directory leaves the directory's own mtime alone.
+    db.write_entry(sample_layout(page_size=80), dbdir)
+    resolver._memory_cache.clear()
+    again = resolve(None, ResolveOptions(**opts))  # type: ignore[arg-type]
+    assert not again.from_cache and again.layout.size("page") == 80

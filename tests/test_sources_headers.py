@@ -461,3 +461,24 @@ def test_headers_agree_with_the_dump_in_the_resolver(fixture: Any) -> None:
         mapcount = lay.get_value(f"NUMBER(PAGE_{name.upper()}_MAPCOUNT_VALUE)")
         if isinstance(mask, int) and mask >= 0x80 and isinstance(mapcount, int):
             assert ~mask == mapcount, name
+
+
+def test_resolver_disk_cache_sees_a_reconfigured_tree(tmp_path: Path) -> None:
+    from kdlayout import resolver
+    from kdlayout.resolver import ResolveOptions, resolve
+
+    obj = make_tree(tmp_path / "t")
+    vi = tmp_path / "vmcoreinfo"
+    vi.write_text("OSRELEASE=9.9.9-amd64\nBUILD-ID=0123456789abcdef0123456789abcdef01234567\n")
+    opts = ResolveOptions(headers=str(obj), vmcoreinfo=str(vi), cache_dir=str(tmp_path / "c"))
+    resolver._memory_cache.clear()
+    assert resolve(None, opts).layout.size("page") == 48
+    # Reconfigure: only .config and autoconf.h change, deep inside the tree.
+    make_tree(tmp_path / "t", extra=True)
+    later = time.time() + 5
+    for f in (obj / ".config", obj / "include/generated/autoconf.h"):
+        os.utime(f, (later, later))
+    resolver._memory_cache.clear()
+    again = resolve(None, ResolveOptions(headers=str(obj), vmcoreinfo=str(vi),
+                                         cache_dir=str(tmp_path / "c")))
+    assert not again.from_cache and again.layout.size("page") == 56

@@ -294,6 +294,15 @@ def _code_fingerprint() -> str:
     return _code_digest[0]
 
 
+def _source_identities(options: ResolveOptions) -> list[object]:
+    """Contents of a headers tree and a database directory (their own mtimes do not change
+    when a file deep inside them does)."""
+    from .sources.db import db_identity
+    from .sources.headers import tree_identity
+
+    return [tree_identity(options.headers), db_identity(options.db)]
+
+
 def _disk_key(ctx: ResolveContext) -> str | None:
     """Cache key: the kernel's build id plus everything that could change the answer."""
     info = ctx.vmcoreinfo
@@ -309,7 +318,7 @@ def _disk_key(ctx: ResolveContext) -> str | None:
         hashlib.sha256(raw).hexdigest() if raw else None,
         _file_identity(ctx.options.vmcoreinfo), _file_identity(ctx.options.vmlinux),
         _file_identity(ctx.options.btf), _file_identity(ctx.options.headers),
-        _file_identity(ctx.options.db),
+        _file_identity(ctx.options.db), *_source_identities(ctx.options),
     ]
     h.update(json.dumps(ident, default=str).encode())
     return f"{build_id}-{h.hexdigest()[:16]}"

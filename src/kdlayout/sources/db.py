@@ -322,6 +322,21 @@ def list_entries(db_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in root.glob("*/*.json") if not p.name.startswith("."))
 
 
+def db_identity(db_dir: str | None) -> list[object]:
+    """What identifies a database's contents for outside caches (the resolver's): every entry's
+    name, size and modification time. Never raises."""
+    if not db_dir:
+        return [None]
+    out: list[object] = [os.path.abspath(db_dir)]
+    try:
+        for p in list_entries(db_dir):
+            st = p.stat()
+            out.append([str(p.relative_to(db_dir)), st.st_size, st.st_mtime_ns])
+    except OSError:
+        out.append(None)
+    return out
+
+
 class Match(NamedTuple):
     """The entry chosen for a kernel and how it was chosen ("build-id" or "release")."""
 

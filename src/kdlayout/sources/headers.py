@@ -491,6 +491,18 @@ def cache_key(tree: HeadersTree, wanted_types: Sequence[str], wanted_enums: Sequ
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
 
 
+def tree_identity(path: str | None) -> list[object]:
+    """What identifies a headers tree's layouts for outside caches (the resolver's): the
+    modification times of the files that decide them. Never raises."""
+    if not path:
+        return [None]
+    try:
+        tree = find_tree(path)
+    except (KdlayoutError, OSError):
+        return [path, None]
+    return [str(tree.obj.resolve()), cache_key(tree, (), ())]
+
+
 def _disk_dir() -> Path:
     root = os.environ.get("KDLAYOUT_CACHE") or os.path.join(Path.home(), ".cache", "kdlayout")
     return Path(root) / "headers-models"
