@@ -17,6 +17,7 @@ from ..sources.db import default_db_dir, list_entries, read_entry, write_entry
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``db add`` and ``db check`` to the command line."""
     p = sub.add_parser("db", help="maintain the layout database",
                        description="Add resolved layouts of kernel builds to the layout database "
                                    "and validate it.")

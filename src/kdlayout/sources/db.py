@@ -398,6 +398,7 @@ class DbSource:
         self.warnings: list[str] = [match.warning] if match.warning else []
 
     def describe(self) -> str:
+        """The entry file and how it was matched, for the resolver's report."""
         how = "by build id" if self.match == "build-id" else "by release only"
         return f"layout database entry {self.entry.path} ({how})"
 

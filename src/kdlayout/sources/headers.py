@@ -109,6 +109,7 @@ class HeadersModel:
     numbers: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The model as JSON-ready data (for the disk cache and the compiler process)."""
         return {"version": MODEL_VERSION, "release": self.release,
                 "records": {k: [size, [list(f) for f in fields]]
                             for k, (size, fields) in self.records.items()},
@@ -116,6 +117,7 @@ class HeadersModel:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HeadersModel:
+        """Inverse of :meth:`to_json`; ValueError/KeyError/TypeError on anything else."""
         if data.get("version") != MODEL_VERSION:
             raise ValueError("model version")
         records = {k: (int(size), [FieldRec(*f) for f in fields])
@@ -567,6 +569,7 @@ class HeadersTypeSource:
         return self.model.release
 
     def describe(self) -> str:
+        """``headers <tree> (<release>)``, the origin of every fact of this source."""
         rel = f" ({self.model.release})" if self.model.release else ""
         return f"headers {self.tree.obj}{rel}"
 
