@@ -283,7 +283,7 @@ def _type_match(word: np.ndarray, rule: PageTypeRule | None) -> np.ndarray:
 def _bit(flags: np.ndarray, bit: int | None) -> np.ndarray:
     if bit is None:
         return np.zeros(flags.shape, dtype=bool)
-    r: np.ndarray = ((flags >> _U64(bit)) & _U64(1)) != 0
+    r: np.ndarray = (flags & _U64(1 << bit)) != 0
     return r
 
 
@@ -484,10 +484,10 @@ class Scanner:
 
     # --- classification
 
-    def _own_codes(self, b: _Block, idx: np.ndarray, pfns: np.ndarray,
+    def _own_codes(self, b: _Block, idx: np.ndarray | None, pfns: np.ndarray,
                    anomalies: _Anomalies, limit: int = 0) -> tuple[np.ndarray, np.ndarray,
                                                                    np.ndarray, np.ndarray]:
-        """Classify pages ``idx`` of block ``b`` (heads or single pages) as heads.
+        """Classify pages ``idx`` of block ``b`` (None: every row) as heads or single pages.
 
         Returns (code, range length in pages, head_ok, free_len) where range length is the
         compound page size (1 for a single page), free_len the free block length (0 if none).
@@ -497,11 +497,18 @@ class Scanner:
         """
         s = self.sem
         f = b.fields
-        n = len(idx)
+
+        def sel(a: np.ndarray) -> np.ndarray:
+            return a if idx is None else a[idx]
+
+        def rows(sub: np.ndarray) -> np.ndarray:
+            return sub if idx is None else idx[sub]
+
+        n = len(b.has) if idx is None else len(idx)
         last = len(b.has) - 1
-        flags = f["flags"][idx]
-        ptype = f["ptype"][idx]
-        has = b.has[idx]
+        flags = sel(f["flags"])
+        ptype = sel(f["ptype"])
+        has = sel(b.has)
         fl = s.flags
         code = np.zeros(n, dtype=np.uint8)
         length = np.ones(n, dtype=np.int64)
@@ -510,7 +517,7 @@ class Scanner:
 
         # slab first: struct slab overlays mapping/_mapcount.
         if s.slab.marker is SlabMarker.PAGE_TYPE:
-            slab = _type_match(f["slab"][idx], s.slab.type_rule)
+            slab = _type_match(sel(f["slab"]), s.slab.type_rule)
         else:
             slab = _bit(flags, s.slab.flag_bit)
 
@@ -518,7 +525,7 @@ class Scanner:
         head = (flags & _U64(s.compound.head_mask)) != 0
         hi = np.flatnonzero(head & has)
         of = self._fields["order"]
-        oidx = np.minimum(idx[hi] + of.page(self.psize), last)
+        oidx = np.minimum(rows(hi) + of.page(self.psize), last)
         order = (f["order"][oidx] & _U64(s.compound.order_mask)).astype(np.int64)
         bad_order = (~b.has[oidx] | (order < 1) | (order > self.max_compound_order)
                      | ((pfns[hi] & ((np.int64(1) << np.minimum(order, 62)) - 1)) != 0))
@@ -538,7 +545,7 @@ class Scanner:
         else:
             buddy = _bit(flags, s.free.buddy_flag_bit)
         bi = np.flatnonzero(buddy & ~slab & has)
-        border = f["private"][idx[bi]]
+        border = f["private"][rows(bi)]
         bad_buddy = ((border >= _U64(s.free.nr_page_orders))
                      | ((pfns[bi].astype(np.uint64)
                          & ((_U64(1) << np.minimum(border, _U64(63))) - _U64(1))) != 0))
@@ -571,7 +578,7 @@ class Scanner:
         cache = ((ff & _U64(lru_m)) != 0) | swapcache
         private = (ff & _U64(priv_m)) != 0
         # anonymous: mapping bit 0 (sparse), never on slab pages
-        ai = np.flatnonzero((f["mapping"][idx] & _U64(s.mapping.anon)) != 0)
+        ai = np.flatnonzero((sel(f["mapping"]) & _U64(s.mapping.anon)) != 0)
         ai = ai[~slab[ai]]
         anon_f = np.isin(fi, ai, assume_unique=True)
         ci = fi[cache & ~anon_f]
@@ -584,10 +591,10 @@ class Scanner:
         if ht is not None:
             hf = self._fields["hugetlb"]
             if ht.marker is HugetlbMarker.PAGE_TYPE and hf.page(self.psize) == 0:
-                hsel = np.flatnonzero(((f["hugetlb"][idx] & _U64(ht.mask)) == _U64(ht.value))
+                hsel = np.flatnonzero(((sel(f["hugetlb"]) & _U64(ht.mask)) == _U64(ht.value))
                                       & has)
             else:                       # the marker lives in the first tail page of a head
-                hidx = np.minimum(idx[hi] + hf.page(self.psize), last)
+                hidx = np.minimum(rows(hi) + hf.page(self.psize), last)
                 hw = f["hugetlb"][hidx]
                 hsel = hi[((hw & _U64(ht.mask)) == _U64(ht.value)) & b.has[hidx]]
             code[hsel] |= np.uint8(PageClass.USER)
@@ -624,7 +631,6 @@ class Scanner:
         b = self._read_block(start, n)
         total = len(b.has)
         pfns = np.arange(start, start + total, dtype=np.int64)
-        allidx = np.arange(total, dtype=np.int64)
         c = self.sem.compound
         info = b.fields["info"]
         flags = b.fields["flags"]
@@ -643,7 +649,7 @@ class Scanner:
                 tail[fi] = True
                 info = info.copy()
                 info[fi] = info[fi + 1]
-        code, length, head_ok, free_len = self._own_codes(b, allidx, pfns, anomalies, n)
+        code, length, head_ok, free_len = self._own_codes(b, None, pfns, anomalies, n)
         # a present section covers the pfn but its struct page is not in the dump
         lost = self._covered(start, total) & ~b.has
         anomalies.add("memmap-not-in-dump", "a present section's struct page for the pfn is not "
