@@ -50,6 +50,7 @@ class Deb(NamedTuple):
 
 
 def cache_root() -> Path:
+    """``$KDLAYOUT_CACHE``, else ``~/.cache/kdlayout``."""
     return Path(os.environ.get("KDLAYOUT_CACHE") or Path.home() / ".cache" / "kdlayout")
 
 
@@ -209,6 +210,7 @@ def fetch_suite(suite: str, release: str | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Fetch the suites asked for; print each headers tree's path."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", action="append", choices=sorted(SUITE_SERIES),
                     help="suite to fetch (repeatable; default bookworm and trixie)")
