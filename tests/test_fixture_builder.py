@@ -463,3 +463,28 @@ def test_stream_extract_first_follows_to_regular_file(tmp_path: Path) -> None:
     assert kept == "./usr/lib/debug/lib/modules/9.9.9-amd64/vmlinux"
     assert dst.read_bytes() == real.read_bytes()
     assert list(work.iterdir()) == []  # the downloaded .deb was deleted
+
+
+def test_modname_and_completeness(tmp_path: Path) -> None:
+    assert build_fixtures._modname("kernel/arch/x86/crypto/crc32c-intel.ko.xz") == "crc32c_intel"
+    assert build_fixtures._modname("kernel/fs/ext4/ext4.ko.zst") == "ext4"
+    assert build_fixtures._modname("kernel/drivers/block/brd.ko") == "brd"
+    d = tmp_path / "fx"
+    d.mkdir()
+    assert not build_fixtures._is_complete(d)
+    (d / "manifest.json").write_text(json.dumps({"builder_version": build_fixtures.BUILDER_VERSION - 1}))
+    assert not build_fixtures._is_complete(d)  # an older builder's fixture is rebuilt
+    (d / "manifest.json").write_text(json.dumps({"builder_version": build_fixtures.BUILDER_VERSION}))
+    assert build_fixtures._is_complete(d)
+    (d / "manifest.json").write_text("{truncated")
+    assert not build_fixtures._is_complete(d)
+
+
+@pytest.mark.skipif(shutil.which("gpgv") is None or not fd.KEYRING.exists(), reason="gpgv or keyring missing")
+def test_inrelease_forgery_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KDLAYOUT_NO_GPGV", raising=False)
+    fake = tmp_path / "InRelease"
+    fake.write_text("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: Debian\n"
+                    "-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n")
+    with pytest.raises(fd.ArchiveError, match="gpgv failed"):
+        fd._verify_inrelease(fake)
