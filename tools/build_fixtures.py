@@ -77,9 +77,16 @@ def cache_dir(arg: str | None = None) -> Path:
     return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "kdlayout"
 
 
+_LOGFILE: list[Path] = []
+
+
 def log(msg: str) -> None:
-    """Timestamped progress line on stderr."""
-    print(f"[{dt.datetime.now(dt.UTC).strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    """Timestamped progress line on stderr (and in $cache/logs/build-<time>.log once set)."""
+    line = f"[{dt.datetime.now(dt.UTC).strftime('%H:%M:%S')}] {msg}"
+    print(line, file=sys.stderr, flush=True)
+    for f in _LOGFILE:
+        with open(f, "a") as o:
+            o.write(line + "\n")
 
 
 # --------------------------------------------------------------------------
@@ -789,6 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cache = cache_dir(args.cache)
     (cache / "build").mkdir(parents=True, exist_ok=True)
+    if not args.list:
+        (cache / "logs").mkdir(exist_ok=True)
+        _LOGFILE.append(cache / "logs" / f"build-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}.log")
     suites = list(args.suite or SUITES)
     jobs = [Job(fixture_name(s, s, args.mem), s, s) for s in suites]
     if args.variants or (args.suite is None and not args.no_variants):
