@@ -14,7 +14,8 @@ dump's views of every struct page).
   ``STEP [Excluding unnecessary pages] : S seconds`` once per pass over the memmap (it makes two:
   one to count, one to write); both are reported, the ratio uses the mean per pass.
 
-Usage: python tools/bench_scan.py [VMCORE] [--makedumpfile PATH] [--repeat N] [--threads N]
+Usage: python tools/bench_scan.py [VMCORE] [--makedumpfile PATH | --peer SUITE] [--repeat N]
+                                  [--threads N] [--json]
 Default VMCORE: the largest fixture vmcore. Default makedumpfile: /usr/bin/makedumpfile.
 """
 
@@ -68,6 +69,9 @@ def main() -> int:
     ap.add_argument("vmcore", nargs="?", type=Path)
     ap.add_argument("--makedumpfile", default="/usr/bin/makedumpfile",
                     help="makedumpfile command (split on spaces)")
+    ap.add_argument("--peer", metavar="SUITE",
+                    help="use the makedumpfile tools/peers.py unpacked from this Debian suite "
+                         "(e.g. trixie: 1.7.6); offline, from the cache")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
@@ -76,6 +80,16 @@ def main() -> int:
     if vmcore is None:
         raise SystemExit("no vmcore given and no fixture built")
     exe = args.makedumpfile.split()
+    if args.peer:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from fixtures import cache_dir
+        from peers import cached_peer
+
+        tool = cached_peer("makedumpfile", "makedumpfile", args.peer, cache_dir())
+        if tool is None:
+            raise SystemExit(f"no unpacked makedumpfile peer for {args.peer}: run "
+                             "tools/build_fixtures.py first")
+        exe = list(tool.command)
 
     with open_dump(vmcore) as dump:
         t = time.perf_counter()
