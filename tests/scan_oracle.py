@@ -87,6 +87,15 @@ def _elf_full_pages(core: Path, max_pfn: int) -> np.ndarray:
     return full
 
 
+def _elf_end_pfn(core: Path) -> int:
+    from elftools.elf.elffile import ELFFile
+
+    with core.open("rb") as f:
+        return max((-(-(seg["p_paddr"] + seg["p_filesz"]) // PAGE_SIZE)
+                    for seg in ELFFile(f).iter_segments() if seg["p_type"] == "PT_LOAD"),
+                   default=0)
+
+
 def _enum(prog: Any, name: str) -> int | None:
     try:
         return int(prog[name].value_())
@@ -173,7 +182,9 @@ def build_oracle(vmlinux: Path, core: Path) -> OracleClasses:
     assert type_off is not None
 
     ranges = list(dmm.for_each_valid_page_range(prog))
-    max_pfn = max(end for _, end, _ in ranges)
+    # every pfn with a struct page or with RAM in the dump (frames without a struct page can
+    # still be zero pages)
+    max_pfn = max(max(end for _, end, _ in ranges), _elf_end_pfn(core))
     words = np.zeros((max_pfn, psize // 8), dtype=np.uint64)
     has_page = np.zeros(max_pfn, dtype=bool)
     step = 1 << 14

@@ -56,10 +56,10 @@ class _Scanned:
 
 
 @functools.lru_cache(maxsize=2)
-def _scanned(name: str) -> _Scanned:
+def _scanned(name: str, kind: str = "vmcore") -> _Scanned:
     fx = get_fixture(name)
     assert fx is not None
-    path = fx.path("vmcore")
+    path = fx.path(kind)
     assert path is not None
     with open_dump(path) as dump:
         layout = resolve(dump, ResolveOptions(use_cache=False)).layout
@@ -73,12 +73,12 @@ def _scanned(name: str) -> _Scanned:
 
 
 @functools.lru_cache(maxsize=1)
-def _oracle(name: str) -> Any:
+def _oracle(name: str, kind: str = "vmcore") -> Any:
     from scan_oracle import build_oracle
 
     fx = get_fixture(name)
     assert fx is not None
-    vml, core = fx.path("vmlinux_dbg"), fx.path("vmcore")
+    vml, core = fx.path("vmlinux_dbg"), fx.path(kind)
     assert vml is not None and core is not None
     return build_oracle(vml, core)
 
@@ -94,11 +94,13 @@ def _need(fixture: Fixture, *keys: str) -> None:
 # 1. drgn oracle
 
 
-def test_excluded_pfns_equal_drgn_oracle(fixture: Fixture) -> None:
+@pytest.mark.parametrize("kind", ["vmcore", "qemu_elf"])
+def test_excluded_pfns_equal_drgn_oracle(fixture: Fixture, kind: str) -> None:
+    """kexec's vmcore lacks the crashkernel reservation; QEMU's ELF dump has all of RAM."""
     pytest.importorskip("drgn")
-    _need(fixture, "vmcore", "vmlinux_dbg")
-    oracle = _oracle(fixture.name)
-    ours = _scanned(fixture.name)
+    _need(fixture, kind, "vmlinux_dbg")
+    oracle = _oracle(fixture.name, kind)
+    ours = _scanned(fixture.name, kind)
     n = oracle.max_pfn
     # the oracle's frames in the dump (ELF program headers) are ours
     assert np.array_equal(ours.full[:n], oracle.full)
