@@ -142,7 +142,8 @@ def test_synthetic_offsets_sizes_arrays_enums(tmp_path: Path) -> None:
 def test_constants_are_probed(tmp_path: Path) -> None:
     src = headers.HeadersTypeSource(make_tree(tmp_path), use_disk_cache=False)
     nums = src.numbers()
-    assert nums["PAGE_TYPE_BASE"] == 0xF0000000 and nums["PG_buddy"] == 0x80
+    assert nums["PG_buddy"] == 0x80
+    assert "PAGE_TYPE_BASE" not in nums   # not probed: see HEADER_NUMBERS
     assert nums["PAGE_MAPCOUNT_RESERVE"] == -128 and nums["SECTION_SIZE_BITS"] == 27
     assert nums["PG_head_mask"] == 4
     # Not constant here, or not defined at all: absent (never a made-up 0).
@@ -153,7 +154,7 @@ def test_constants_are_probed(tmp_path: Path) -> None:
     assert len(keys) == len(set(keys))              # PG_slab: the enumerator, once
     by_key = {f.key: f for f in facts}
     assert by_key["NUMBER(PG_slab)"].value == 9 and "enum pageflags" in by_key["NUMBER(PG_slab)"].origin
-    assert by_key["NUMBER(PAGE_TYPE_BASE)"].origin.endswith("constant PAGE_TYPE_BASE")
+    assert by_key["NUMBER(PG_buddy)"].origin.endswith("constant PG_buddy")
 
 
 def test_enumerator_queries_take_enumerators_not_macros(tmp_path: Path) -> None:
@@ -482,3 +483,28 @@ def test_resolver_disk_cache_sees_a_reconfigured_tree(tmp_path: Path) -> None:
     again = resolve(None, ResolveOptions(headers=str(obj), vmcoreinfo=str(vi),
                                          cache_dir=str(tmp_path / "c")))
     assert not again.from_cache and again.layout.size("page") == 56
+
+
+def test_headers_keep_every_derived_fact(fixture: Any) -> None:
+    """Adding a kernel's headers to a resolve of its dump must not cost any derived fact nor
+    change one (kdlayout.semantics reads the NUMBER() constants headers add)."""
+    from kdlayout import resolver
+    from kdlayout.dumpfile import open_dump
+    from kdlayout.resolver import ResolveOptions, resolve
+
+    tree = cache_dir() / "headers" / fixture.release / "usr/src" / f"linux-headers-{fixture.release}"
+    core = fixture.path("vmcore") or fixture.path("md_zlib")
+    if not tree.is_dir() or core is None:
+        pytest.skip(f"no headers tree or dump for {fixture.release}: {FETCH}")
+    providers = tuple(p for p in resolver.PROVIDERS
+                      if p[0] in ("vmcoreinfo", "kallsyms", "btf", "headers"))
+    derived = []
+    for headers_dir in (None, str(tree)):
+        resolver._memory_cache.clear()
+        with open_dump(str(core)) as dump:
+            lay = resolve(dump, ResolveOptions(headers=headers_dir, use_cache=False),
+                          providers=providers).layout
+        derived.append({k: lay[k].value for k in lay if lay[k].chosen.source == "derived"})
+    without, with_headers = derived
+    assert without, "semantics derived nothing from the dump alone"
+    assert {k: with_headers.get(k) for k in without} == without

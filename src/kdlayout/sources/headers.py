@@ -61,7 +61,10 @@ HEADER_NUMBERS: tuple[str, ...] = (
     "NR_SECTION_ROOTS", "SECTIONS_PER_ROOT", "PAGES_PER_SECTION",
     "MAX_ORDER", "MAX_PAGE_ORDER", "NR_PAGE_ORDERS", "NR_FREE_PAGES", "PG_head_mask",
     # Page types kept in page_type/_mapcount (macros before v6.10, enumerators after).
-    "PAGE_TYPE_BASE", "PAGE_MAPCOUNT_RESERVE", "PG_buddy", "PG_offline", "PG_table", "PG_guard",
+    # PAGE_TYPE_BASE is deliberately not probed: kdlayout.semantics reads NUMBER(PAGE_TYPE_BASE)
+    # as "the v6.10/v6.11 enum pagetype", where every PG_<type> is a mask, and rejects the
+    # v4.18-v6.9 headers in which it is a macro and PG_slab a page-flag bit.
+    "PAGE_MAPCOUNT_RESERVE", "PG_buddy", "PG_offline", "PG_table", "PG_guard",
     "PG_kmemcg", "PG_balloon", "PG_hugetlb", "PG_slab", "PG_zsmalloc", "PG_unaccepted",
     "PAGE_BUDDY_MAPCOUNT_VALUE", "PAGE_OFFLINE_MAPCOUNT_VALUE", "PAGE_SLAB_MAPCOUNT_VALUE",
     "PAGE_HUGETLB_MAPCOUNT_VALUE", "PAGE_UNACCEPTED_MAPCOUNT_VALUE",
