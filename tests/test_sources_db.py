@@ -449,3 +449,22 @@ def test_resolver_disk_cache_sees_a_changed_entry(tmp_path: Path) -> None:
     resolver._memory_cache.clear()
     again = resolve(None, ResolveOptions(**opts))  # type: ignore[arg-type]
     assert not again.from_cache and again.layout.size("page") == 80
+
+
+def test_db_keeps_every_derived_fact(fixture: Any, tmp_path: Path) -> None:
+    """Adding the build's own DB entry to a resolve of its dump changes no derived fact."""
+    from kdlayout.dumpfile import open_dump
+
+    core = _dump_path(fixture)
+    db.write_entry(_resolve_dump(core), tmp_path)
+    providers = tuple(p for p in resolver.PROVIDERS
+                      if p[0] in ("vmcoreinfo", "kallsyms", "btf", "db"))
+    derived = []
+    for dbdir in (None, str(tmp_path)):
+        resolver._memory_cache.clear()
+        with open_dump(str(core)) as dump:
+            result = resolve(dump, ResolveOptions(db=dbdir, use_cache=False), providers=providers)
+        lay = result.layout
+        derived.append({k: lay[k].value for k in lay if lay[k].chosen.source == "derived"})
+        assert not [w for w in lay.warnings if "db says" in w]
+    assert derived[0] and derived[0] == derived[1]
