@@ -425,6 +425,13 @@ def _corrupt_machine() -> _Machine:
     m.page(1280, ptype=0xF0000000, private=5)                       # free, crosses windows
     m.compound(1536, 9, ptype=0xF4000000)                           # hugetlb 2 MiB
     m.page(2050, mapping=1)                                         # struct page not in dump
+    # HugeTLB vmemmap optimisation: the struct pages from index 64 on read as copies of the
+    # first vmemmap page, so pfn 3072 + 64 looks like the head ("fake head") and + 65 like page[1]
+    m.compound(3072, 9, mapping=0xFFFF888000004001)
+    for k in range(64, 512, 64):
+        for j in (0, 1):
+            o = m.base + 3072 * 64
+            m.data[o + (k + j) * 64:o + (k + j + 1) * 64] = m.data[o + j * 64:o + (j + 1) * 64]
     m.page(N - 1, mapping=1)                                        # frame partly in the dump
     for pfn in (1216, 1217):                                        # non-zero content
         m.data[pfn * PS + 100] = 7
@@ -441,6 +448,7 @@ def test_synthetic_classes_and_anomalies() -> None:
     assert (codes[1088:1096] == PageClass.FREE).all() and codes[1096] != PageClass.FREE
     assert (codes[1280:1312] == PageClass.FREE).all()
     assert (codes[1536:2048] == PageClass.USER).all()
+    assert (codes[3072:3584] == PageClass.USER).all()             # fake heads follow the head
     assert codes[1210] & PageClass.HWPOISON and codes[1211] & PageClass.OFFLINE
     assert codes[1212] == 0 or codes[1212] == PageClass.ZERO          # slab is never anon
     assert codes[1213] & PageClass.CACHE and codes[1213] & PageClass.CACHE_PRIVATE

@@ -649,6 +649,10 @@ class Scanner:
                 tail[fi] = True
                 info = info.copy()
                 info[fi] = info[fi + 1]
+                # not heads: their order and markers are the real head's, at the wrong pfn
+                fl2 = flags.copy()
+                fl2[fi] &= ~_U64(c.head_mask)
+                b.fields["flags"] = fl2
         code, length, head_ok, free_len = self._own_codes(b, None, pfns, anomalies, n)
         # a present section covers the pfn but its struct page is not in the dump
         lost = self._covered(start, total) & ~b.has
@@ -789,9 +793,9 @@ def _is_mask(info: np.ndarray) -> np.ndarray:
     return r
 
 
-def _blocks(max_pfn: int, size: int) -> list[tuple[int, int]]:
+def _blocks(max_pfn: int, size: int) -> Iterator[tuple[int, int]]:
     size = max(8, -(-size // 8) * 8)        # whole bytes of the packed bitmaps
-    return [(s, min(size, max_pfn - s)) for s in range(0, max_pfn, size)]
+    return ((s, min(size, max_pfn - s)) for s in range(0, max_pfn, size))
 
 
 def _scan_window(sc: Scanner, start: int, n: int, dump_level: int, keep_codes: bool,
