@@ -199,6 +199,18 @@ def test_5_10_with_header_type_bits() -> None:
     assert table is not None and table.matches(0xFFFFFBFF) and not table.matches(0xFFFFFF7F)
 
 
+def test_5_10_header_base_with_slab_flag_number() -> None:
+    # A headers source reports PAGE_TYPE_BASE and the type bits, while PG_slab (enum pageflags)
+    # is a flag *number* in 5.10: it must be ignored as a type, not make the derivation fail.
+    f = facts_5_10()
+    f.update({"NUMBER(PAGE_TYPE_BASE)": 0xF0000000, "NUMBER(PG_buddy)": 0x80,
+              "NUMBER(PG_offline)": 0x100, "NUMBER(PG_slab)": 9})
+    pt, _ = derive_page_types(f)
+    assert set(pt.names()) == {"buddy", "offline"}
+    buddy = pt.get("buddy")
+    assert buddy is not None and buddy.matches(0xFFFFFF7F)
+
+
 def test_pre_4_18_exact_mapcount_value() -> None:
     # Before 6e292b9be7f4 PAGE_BUDDY_MAPCOUNT_VALUE was (-128), compared exactly.
     f = facts_5_10()

@@ -381,7 +381,9 @@ def derive_page_types(facts: FactMapping | FactView) -> tuple[PageTypes, list[Fa
             if v is None:
                 continue
             v &= U32
-            if not _single_bit(v) or v < 0x80 or v & base:
+            if v < 0x80:
+                continue  # a page *flag* bit number of the same name (see _BIT_TYPES)
+            if not _single_bit(v) or v & base:
                 raise UnsupportedError(f"page types: NUMBER(PG_{name})={v:#x} is not a single type "
                                        f"bit outside PAGE_TYPE_BASE={base:#x}")
             rules.append(PageTypeRule(name, field_offset, field_size, base | v, base, _s32(~v)))
