@@ -40,6 +40,7 @@ from .memmodel import MemMap, build_memmap
 from .physmem import PhysicalMemory
 from .semantics import (
     HugetlbMarker,
+    HugetlbRule,
     PageTypeRule,
     Semantics,
     SlabMarker,
@@ -273,13 +274,6 @@ def _extract(words: np.ndarray | None, raw: np.ndarray, off: int, size: int) -> 
     return res
 
 
-def _type_match(word: np.ndarray, rule: PageTypeRule | None) -> np.ndarray:
-    if rule is None:
-        return np.zeros(word.shape, dtype=bool)
-    r: np.ndarray = (word & _U64(rule.mask)) == _U64(rule.value)
-    return r
-
-
 def _bit(flags: np.ndarray, bit: int | None) -> np.ndarray:
     if bit is None:
         return np.zeros(flags.shape, dtype=bool)
@@ -370,7 +364,21 @@ class Scanner:
             self._fields["slab"] = _Field(s.slab.type_rule.field_offset,
                                           s.slab.type_rule.field_size)
         self.lookahead = max(f.page(self.psize) for f in self._fields.values())
-        self._keys = {name: (f.in_page(self.psize), f.size) for name, f in self._fields.items()}
+        # Each field is read as the aligned 64-bit word holding it (shared between fields in one
+        # word: flags and the order in _flags_1, page_type and the slab/hugetlb types) and
+        # shifted out only where a sparse subset needs its value; type tests shift the rule.
+        self._keys: dict[str, tuple[int, int]] = {}
+        self._shift: dict[str, int] = {}
+        self._fmask: dict[str, int] = {}
+        for name, f in self._fields.items():
+            off = f.in_page(self.psize)
+            if off % 8 + f.size <= 8 and self.psize % 8 == 0:
+                self._keys[name] = (off - off % 8, 8)
+                self._shift[name] = 8 * (off % 8)
+            else:
+                self._keys[name] = (off, f.size)
+                self._shift[name] = 0
+            self._fmask[name] = (1 << (8 * f.size)) - 1
         # Largest compound order the memory model allows (orders beyond it are anomalies).
         mpb = s.memory.max_physmem_bits or 52
         self.max_compound_order = mpb - self.page_shift
@@ -388,6 +396,26 @@ class Scanner:
         self._r_end = np.array([r.end for r in ranges], dtype=np.int64)
         self._chunk_start = np.array([c.start_pfn for c in memmap.chunks], dtype=np.int64)
         self.max_pfn = self._max_pfn()
+
+    # --- field values
+
+    def _val(self, name: str, words: np.ndarray) -> np.ndarray:
+        """The field ``name`` out of the words that hold it."""
+        sh, fm = self._shift[name], self._fmask[name]
+        if sh == 0 and fm == _MASK64:
+            return words
+        out: np.ndarray = (words >> _U64(sh)) & _U64(fm)
+        return out
+
+    def _tm(self, name: str, words: np.ndarray, rule: PageTypeRule | HugetlbRule | None
+            ) -> np.ndarray:
+        """``(field & rule.mask) == rule.value`` tested on the words holding the field."""
+        if rule is None:
+            return np.zeros(words.shape, dtype=bool)
+        sh = self._shift[name]
+        r: np.ndarray = (words & _U64((rule.mask & self._fmask[name]) << sh)) == _U64(
+            rule.value << sh)
+        return r
 
     # --- geometry
 
@@ -453,7 +481,10 @@ class Scanner:
                 s1 = min(s0 + _CACHE_PAGES, hi - lo)
                 w = None if words is None else words[s0:s1]
                 for key, arr in arrays.items():
-                    arr[d0 + s0:d0 + s1] = _extract(w, rows[s0:s1], key[0], key[1])
+                    if w is not None and key[1] == 8 and key[0] % 8 == 0:
+                        arr[d0 + s0:d0 + s1] = w[:, key[0] // 8]
+                    else:
+                        arr[d0 + s0:d0 + s1] = _extract(w, rows[s0:s1], key[0], key[1])
         return _Block(start, n, has, {name: arrays[key] for name, key in self._keys.items()})
 
     def _read_pages(self, pfns: np.ndarray) -> _Block:
@@ -464,7 +495,7 @@ class Scanner:
         step = self.lookahead + 1
         total = len(pfns) * step
         has = np.zeros(total, dtype=bool)
-        arrays = {name: np.zeros(total, dtype=np.uint64) for name in self._fields}
+        arrays = {key: np.zeros(total, dtype=np.uint64) for key in set(self._keys.values())}
         for k, p in enumerate(pfns.tolist()):       # a handful of heads per block boundary
             for j in range(step):
                 pa = self.mm.page_paddr(p + j)
@@ -477,10 +508,9 @@ class Scanner:
                 row = raw.reshape(1, self.psize)
                 words = row.view("<u8") if self.psize % 8 == 0 else None
                 has[k * step + j] = True
-                for name, f in self._fields.items():
-                    arrays[name][k * step + j] = _extract(words, row, f.in_page(self.psize),
-                                                          f.size)[0]
-        return _Block(-1, total, has, arrays)
+                for key, arr in arrays.items():
+                    arr[k * step + j] = _extract(words, row, key[0], key[1])[0]
+        return _Block(-1, total, has, {name: arrays[key] for name, key in self._keys.items()})
 
     # --- classification
 
@@ -506,7 +536,7 @@ class Scanner:
 
         n = len(b.has) if idx is None else len(idx)
         last = len(b.has) - 1
-        flags = sel(f["flags"])
+        flags = self._val("flags", sel(f["flags"]))
         ptype = sel(f["ptype"])
         has = sel(b.has)
         fl = s.flags
@@ -517,7 +547,7 @@ class Scanner:
 
         # slab first: struct slab overlays mapping/_mapcount.
         if s.slab.marker is SlabMarker.PAGE_TYPE:
-            slab = _type_match(sel(f["slab"]), s.slab.type_rule)
+            slab = self._tm("slab", sel(f["slab"]), s.slab.type_rule)
         else:
             slab = _bit(flags, s.slab.flag_bit)
 
@@ -526,7 +556,8 @@ class Scanner:
         hi = np.flatnonzero(head & has)
         of = self._fields["order"]
         oidx = np.minimum(rows(hi) + of.page(self.psize), last)
-        order = (f["order"][oidx] & _U64(s.compound.order_mask)).astype(np.int64)
+        order = (self._val("order", f["order"][oidx])
+                 & _U64(s.compound.order_mask)).astype(np.int64)
         bad_order = (~b.has[oidx] | (order < 1) | (order > self.max_compound_order)
                      | ((pfns[hi] & ((np.int64(1) << np.minimum(order, 62)) - 1)) != 0))
         bo = hi[bad_order]
@@ -541,11 +572,11 @@ class Scanner:
 
         # free blocks: buddy head, order in page.private (sparse)
         if s.free.buddy is not None:
-            buddy = _type_match(ptype, s.free.buddy)
+            buddy = self._tm("ptype", ptype, s.free.buddy)
         else:
             buddy = _bit(flags, s.free.buddy_flag_bit)
         bi = np.flatnonzero(buddy & ~slab & has)
-        border = f["private"][rows(bi)]
+        border = self._val("private", f["private"][rows(bi)])
         bad_buddy = ((border >= _U64(s.free.nr_page_orders))
                      | ((pfns[bi].astype(np.uint64)
                          & ((_U64(1) << np.minimum(border, _U64(63))) - _U64(1))) != 0))
@@ -557,7 +588,8 @@ class Scanner:
         free_len[gb] = np.int64(1) << border[~bad_buddy].astype(np.int64)
         bad[bb] = True
         if s.free.unaccepted is not None:
-            ui = np.flatnonzero(_type_match(ptype, s.free.unaccepted) & ~buddy & ~slab & has)
+            ui = np.flatnonzero(self._tm("ptype", ptype, s.free.unaccepted) & ~buddy & ~slab
+                                & has)
             free_len[ui] = np.int64(1) << s.free.max_page_order
         code[free_len > 0] |= np.uint8(PageClass.FREE)
 
@@ -578,7 +610,8 @@ class Scanner:
         cache = ((ff & _U64(lru_m)) != 0) | swapcache
         private = (ff & _U64(priv_m)) != 0
         # anonymous: mapping bit 0 (sparse), never on slab pages
-        ai = np.flatnonzero((sel(f["mapping"]) & _U64(s.mapping.anon)) != 0)
+        ai = np.flatnonzero((self._val("mapping", sel(f["mapping"])) & _U64(s.mapping.anon))
+                            != 0)
         ai = ai[~slab[ai]]
         anon_f = np.isin(fi, ai, assume_unique=True)
         ci = fi[cache & ~anon_f]
@@ -591,16 +624,14 @@ class Scanner:
         if ht is not None:
             hf = self._fields["hugetlb"]
             if ht.marker is HugetlbMarker.PAGE_TYPE and hf.page(self.psize) == 0:
-                hsel = np.flatnonzero(((sel(f["hugetlb"]) & _U64(ht.mask)) == _U64(ht.value))
-                                      & has)
+                hsel = np.flatnonzero(self._tm("hugetlb", sel(f["hugetlb"]), ht) & has)
             else:                       # the marker lives in the first tail page of a head
                 hidx = np.minimum(rows(hi) + hf.page(self.psize), last)
-                hw = f["hugetlb"][hidx]
-                hsel = hi[((hw & _U64(ht.mask)) == _U64(ht.value)) & b.has[hidx]]
+                hsel = hi[self._tm("hugetlb", f["hugetlb"][hidx], ht) & b.has[hidx]]
             code[hsel] |= np.uint8(PageClass.USER)
         off_rule = s.page_types.get("offline")
         if off_rule is not None:
-            code[np.flatnonzero(_type_match(ptype, off_rule) & ~slab)] |= np.uint8(
+            code[np.flatnonzero(self._tm("ptype", ptype, off_rule) & ~slab)] |= np.uint8(
                 PageClass.OFFLINE)
 
         code[bad] = np.uint8(PageClass.ANOMALY)
@@ -632,8 +663,8 @@ class Scanner:
         total = len(b.has)
         pfns = np.arange(start, start + total, dtype=np.int64)
         c = self.sem.compound
-        info = b.fields["info"]
-        flags = b.fields["flags"]
+        info = self._val("info", b.fields["info"])
+        flags = self._val("flags", b.fields["flags"])
         tail = b.has & ((info & _U64(1)) != 0)
         # A head page whose first tail names another head: a HugeTLB vmemmap-optimised "fake
         # head" (Linux kernel commit e7d324850bfc, v5.18); it is a tail of that head.
@@ -650,8 +681,8 @@ class Scanner:
                 info = info.copy()
                 info[fi] = info[fi + 1]
                 # not heads: their order and markers are the real head's, at the wrong pfn
-                fl2 = flags.copy()
-                fl2[fi] &= ~_U64(c.head_mask)
+                fl2 = b.fields["flags"].copy()
+                fl2[fi] &= ~_U64((c.head_mask << self._shift["flags"]) & _MASK64)
                 b.fields["flags"] = fl2
         code, length, head_ok, free_len = self._own_codes(b, None, pfns, anomalies, n)
         # a present section covers the pfn but its struct page is not in the dump
@@ -679,7 +710,8 @@ class Scanner:
                 ob = self._read_pages(uniq)
                 rows = np.arange(len(uniq), dtype=np.int64) * (self.lookahead + 1)
                 ocode, olen, ook, _ = self._own_codes(ob, rows, uniq, _Anomalies())
-                otail = ob.has[rows] & ((ob.fields["info"][rows] & _U64(1)) != 0)
+                otail = ob.has[rows] & ((self._val("info", ob.fields["info"][rows]) & _U64(1))
+                                        != 0)
                 hcode[outside] = ocode[inv]
                 hlen[outside] = olen[inv]
                 hok[outside] = (ook & ~otail)[inv]
