@@ -28,7 +28,6 @@ from .kimage import KernelImage
 from .layout import Layout
 from .physmem import PhysicalMemory
 from .semantics import MemoryModel, MemoryModelRules, derive_memory_model
-from .vmcoreinfo import VmcoreInfo
 
 _MASK64 = (1 << 64) - 1
 _PRESENT = 1 << 0
@@ -198,8 +197,7 @@ class MemMap:
 
 def kernel_page_tables(mem: PhysicalMemory, layout: Layout) -> PageTables:
     """The crashed kernel's page tables, rooted at ``SYMBOL(init_top_pgt)``."""
-    vmcoreinfo = VmcoreInfo.parse(mem.vmcoreinfo, path=mem.info.path) if mem.vmcoreinfo else None
-    image = KernelImage(mem, vmcoreinfo)
+    image = KernelImage(mem)
     l5 = layout.optional_int("NUMBER(pgtable_l5_enabled)")
     sme = layout.optional_int("NUMBER(sme_mask)") or 0
     root = image.pa(layout.symbol("init_top_pgt"))
