@@ -1,0 +1,464 @@
+"""Writer stage: a filtered kdump-compressed dump (makedumpfile's format) from physical memory.
+
+Input: the dump's :class:`~kdlayout.physmem.PhysicalMemory` and :class:`PageBitmaps` (which pfns
+are in memory, which to dump), from the scanner (:func:`scan_bitmaps`) or, at dump level 0,
+straight from the dump's ranges (:func:`level0_bitmaps`). Output: the image, through a
+:class:`~kdlayout.diskdump_write.Sink` (a file or makedumpfile's flattened stream).
+
+Pipeline: the main thread walks the runs of dumped pfns in chunks of ``chunk_pages`` pages, takes
+zero-copy views of the input, hands each chunk to a thread pool that finds zero pages (numpy) and
+compresses the others page by page (zlib, LZO, snappy and zstd release the GIL), and writes the
+finished chunks in pfn order: page data appended, descriptors batched and written into the
+descriptor table. At most ``2 * threads`` chunks are in flight, so memory is bounded by the chunk
+size, not by the RAM size (the bitmaps take 2 bits per pfn).
+
+Safety (:func:`write_dump_file`): the image goes to a temporary file (mode 0600) in the target
+directory, renamed over the target only when complete. If the device fills up, the header gets
+``DUMP_DH_COMPRESSED_INCOMPLETE``, the descriptors of every page fully written are in place (the
+area for header, bitmaps and descriptor table is allocated before any page is written), the file
+is kept under its final name (like makedumpfile) and :class:`IncompleteDumpError` says how many
+pages were saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Final, NamedTuple
+
+import numpy as np
+
+from . import codecs
+from .diskdump import (
+    PAGE_DESC_DTYPE_LE,
+    PAGE_DESC_SIZE,
+    SUB_HEADER_SIZE,
+    KdumpSubHeader,
+    Utsname,
+    bit_runs,
+)
+from .diskdump_write import FileSink, OutOfSpace, Sink, make_header, pack_header, pack_sub_header
+from .errors import KdlayoutError, NotInDumpError, UnsupportedError
+from .layout import Layout
+from .notes import Note
+from .physmem import PhysicalMemory
+
+#: Pages per unit of work handed to a compression thread.
+DEFAULT_CHUNK_PAGES: Final = 256
+#: Descriptors collected before one write into the descriptor table.
+_DESC_BATCH: Final = 1 << 14
+#: NT_PRSTATUS.
+_NT_PRSTATUS: Final = 1
+_PHYS_BASE_RE: Final = re.compile(rb"^NUMBER\(phys_base\)=(-?\d+)$", re.M)
+_OSRELEASE_RE: Final = re.compile(rb"^OSRELEASE=(.*)$", re.M)
+
+CODEC_FLAGS: Final = {"none": 0, "zlib": codecs.DUMP_DH_COMPRESSED_ZLIB,
+                      "lzo": codecs.DUMP_DH_COMPRESSED_LZO,
+                      "snappy": codecs.DUMP_DH_COMPRESSED_SNAPPY,
+                      "zstd": codecs.DUMP_DH_COMPRESSED_ZSTD}
+
+
+class IncompleteDumpError(KdlayoutError):
+    """The output filled the device: an incomplete (but readable) dump was left behind."""
+
+
+class PageBitmaps(NamedTuple):
+    """What to write: packed little-endian bitmaps over ``[0, max_pfn)``."""
+
+    max_pfn: int
+    valid: np.ndarray            # 1st bitmap: the pfn has RAM in the dump
+    dumpable: np.ndarray         # 2nd bitmap: the pfn is written
+    dump_level: int
+    excluded: dict[str, int]     # excluded pages per class (empty at level 0)
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How to write: page compression (a ``DUMP_DH_COMPRESSED_*`` flag, 0 for none), threads."""
+
+    compression: int = codecs.DUMP_DH_COMPRESSED_ZLIB
+    threads: int = 2
+    chunk_pages: int = DEFAULT_CHUNK_PAGES
+
+
+@dataclass
+class WriteResult:
+    """What was written."""
+
+    pages_dumped: int            # set bits of the 2nd bitmap (descriptors in the table)
+    pages_written: int = 0       # descriptors filled (all of them unless incomplete)
+    zero_pages: int = 0          # pages pointing at the shared zero page
+    raw_pages: int = 0           # pages stored uncompressed (compression did not shrink them)
+    data_bytes: int = 0          # bytes of page data (without the zero page)
+    size: int = 0                # image size
+    incomplete: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Bitmaps
+
+
+def level0_bitmaps(dump: PhysicalMemory) -> PageBitmaps:
+    """Dump level 0: every pfn with any byte in the dump is valid and dumped (no layout needed)."""
+    ps = dump.info.page_size
+    ranges = dump.ranges()
+    max_pfn = -(-ranges[-1].end // ps) if ranges else 0
+    bits = np.zeros(max_pfn, dtype=bool)
+    for r in ranges:
+        bits[r.start // ps: -(-r.end // ps)] = True
+    packed = np.packbits(bits, bitorder="little")
+    return PageBitmaps(max_pfn, packed, packed, 0, {})
+
+
+def scan_bitmaps(dump: PhysicalMemory, layout: Layout, dump_level: int, *,
+                 threads: int = 2, window_pages: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> PageBitmaps:
+    """Bitmaps of a dump at ``dump_level`` from the scanner (2 bits per pfn kept)."""
+    from .scanner import DEFAULT_BLOCK_PAGES, scan  # the stage before ours
+    res = scan(dump, layout, dump_level=dump_level, threads=threads,
+               window_pages=window_pages or DEFAULT_BLOCK_PAGES, progress=progress)
+    return PageBitmaps(res.max_pfn, res.valid_bits, res.dumpable_bits, dump_level,
+                       dict(res.counts))
+
+
+# --------------------------------------------------------------------------------------------
+# Header pieces from the input
+
+
+def serialize_notes(notes: list[Note] | tuple[Note, ...]) -> tuple[bytes, int | None, int]:
+    """ELF notes as a PT_NOTE segment; also (offset, size) of the VMCOREINFO descriptor in it."""
+    out = bytearray()
+    vmci_off: int | None = None
+    vmci_size = 0
+    for n in notes:
+        name = n.name.encode() + b"\0"
+        desc = bytes(n.desc)
+        out += np.array([len(name), len(desc), n.type], dtype="<u4").tobytes()
+        out += name.ljust(-(-len(name) // 4) * 4, b"\0")
+        if n.name == "VMCOREINFO" and vmci_off is None:
+            vmci_off, vmci_size = len(out), len(desc)
+        out += desc.ljust(-(-len(desc) // 4) * 4, b"\0")
+    return bytes(out), vmci_off, vmci_size
+
+
+def _phys_base(vmcoreinfo: bytes | None) -> int:
+    m = _PHYS_BASE_RE.search(vmcoreinfo or b"")
+    return int(m.group(1)) & 0xFFFFFFFFFFFFFFFF if m else 0
+
+
+def _utsname(dump: PhysicalMemory) -> Utsname:
+    m = _OSRELEASE_RE.search(dump.vmcoreinfo or b"")
+    release = m.group(1).decode("utf-8", "replace").strip() if m else (dump.info.release or "")
+    return Utsname("Linux", "", release, "", dump.info.arch, "")
+
+
+# --------------------------------------------------------------------------------------------
+# Compression
+
+
+class _Chunk(NamedTuple):
+    """One compressed chunk: per page zero?, stored size, flags; data of the non-zero pages."""
+
+    zero: np.ndarray
+    sizes: np.ndarray
+    flags: np.ndarray
+    data: bytes
+
+
+def _compressor(flag: int) -> Callable[[memoryview], bytes] | None:
+    """A thread's page compressor for ``flag`` (None: store raw)."""
+    if flag == 0:
+        return None
+    if flag == codecs.DUMP_DH_COMPRESSED_ZLIB:
+        return lambda b: zlib.compress(b, 1)        # makedumpfile: Z_BEST_SPEED
+    codec = codecs.CODECS[flag]
+    mod = codecs._import(codec)
+    if flag == codecs.DUMP_DH_COMPRESSED_LZO:
+        return lambda b: bytes(mod.compress(bytes(b), 1, False))   # raw LZO1X-1, no header
+    if flag == codecs.DUMP_DH_COMPRESSED_SNAPPY:
+        return lambda b: bytes(mod.compress(bytes(b)))
+    if flag == codecs.DUMP_DH_COMPRESSED_ZSTD:
+        cctx = mod.ZstdCompressor(level=1)                # one per thread: not thread-safe
+        return lambda b: bytes(cctx.compress(b))
+    raise UnsupportedError(f"unknown compression flag {flag:#x}")
+
+
+class _Compressors(threading.local):
+    fn: Callable[[memoryview], bytes] | None
+    ready: bool = False
+
+
+def _compress_chunk(pages: np.ndarray, flag: int, local: _Compressors) -> _Chunk:
+    """Zero-page test (numpy) and per-page compression of a ``(n, page_size)`` uint8 array."""
+    if not local.ready:
+        local.fn, local.ready = _compressor(flag), True
+    n, ps = pages.shape
+    rows = pages.view("<u8") if pages.flags.c_contiguous and pages.ctypes.data % 8 == 0 else pages
+    zero: np.ndarray = np.asarray(~rows.any(axis=1), dtype=bool)
+    sizes = np.zeros(n, dtype=np.uint32)
+    flags = np.zeros(n, dtype=np.uint32)
+    blobs: list[bytes | memoryview] = []
+    fn = local.fn
+    for i in np.flatnonzero(~zero).tolist():
+        page = pages[i].data
+        c = fn(page) if fn is not None else None
+        if c is not None and len(c) < ps:
+            blobs.append(c)
+            sizes[i] = len(c)
+            flags[i] = flag
+        else:
+            blobs.append(page)
+            sizes[i] = ps
+    return _Chunk(zero, sizes, flags, b"".join(blobs))
+
+
+def _read_run(dump: PhysicalMemory, a: int, b: int, ps: int) -> np.ndarray:
+    """Pages ``[a, b)`` as a ``(b - a, ps)`` array; bytes the dump lacks (partial frames at the
+    edge of a range) read as zeros."""
+    try:
+        v = dump.view(a * ps, (b - a) * ps)
+    except NotInDumpError:
+        buf = np.zeros((b - a) * ps, dtype=np.uint8)
+        for r in dump.iter_ranges(a * ps, b * ps):
+            buf[r.start - a * ps:r.end - a * ps] = np.frombuffer(dump.read(r.start, r.size),
+                                                                 dtype=np.uint8)
+        v = buf
+    return v.reshape(b - a, ps)
+
+
+def _chunks(starts: np.ndarray, ends: np.ndarray, per: int) -> Iterator[list[tuple[int, int]]]:
+    """Runs of dumped pfns cut and grouped into chunks of at most ``per`` pages."""
+    cur: list[tuple[int, int]] = []
+    n = 0
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        while s < e:
+            take = min(e - s, per - n)
+            cur.append((s, s + take))
+            n += take
+            s += take
+            if n == per:
+                yield cur
+                cur, n = [], 0
+    if cur:
+        yield cur
+
+
+# --------------------------------------------------------------------------------------------
+# The image
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Offsets of the parts of the image."""
+
+    block_size: int
+    sub_hdr_size: int
+    bitmap_blocks: int
+    bitmap_offset: int
+    desc_offset: int
+    zero_page_offset: int
+    data_offset: int
+
+
+def plan_image(page_size: int, note_size: int, max_pfn: int, pages_dumped: int) -> ImageLayout:
+    """Where header, sub header + notes, bitmaps, descriptors, zero page and data go."""
+    bs = page_size
+    sub_hdr_size = -(-(SUB_HEADER_SIZE + note_size) // bs)
+    nbytes = (max_pfn + 7) // 8
+    half = max(1, (nbytes + bs - 1) // bs)
+    bitmap_off = (1 + sub_hdr_size) * bs
+    desc_off = bitmap_off + 2 * half * bs
+    zero_off = desc_off + pages_dumped * PAGE_DESC_SIZE
+    return ImageLayout(bs, sub_hdr_size, 2 * half, bitmap_off, desc_off, zero_off, zero_off + bs)
+
+
+def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOptions,
+                progress: Callable[[int, int], None] | None = None) -> WriteResult:
+    """Write the kdump-compressed image of ``dump`` filtered by ``bm`` into ``sink``.
+
+    Returns a :class:`WriteResult`; on a full device (:class:`OutOfSpace`) the image is left
+    consistent with ``DUMP_DH_COMPRESSED_INCOMPLETE`` set and ``incomplete`` in the result.
+    """
+    t0 = time.perf_counter()
+    codecs.require(opts.compression)
+    ps = dump.info.page_size
+    notes = list(dump.notes)
+    note_bytes, vmci_off, vmci_size = serialize_notes(notes)
+    dumped_total = int(np.unpackbits(bm.dumpable).sum()) if bm.max_pfn else 0
+    lay = plan_image(ps, len(note_bytes), bm.max_pfn, dumped_total)
+    nr_cpus = sum(1 for n in notes if n.type == _NT_PRSTATUS and n.name == "CORE") \
+        or (dump.info.nr_cpus or 1)
+    header = make_header(utsname=_utsname(dump), timestamp=time.time(),
+                         status=opts.compression, block_size=ps, sub_hdr_size=lay.sub_hdr_size,
+                         bitmap_blocks=lay.bitmap_blocks, max_mapnr=min(bm.max_pfn, 0xFFFFFFFF),
+                         nr_cpus=nr_cpus)
+    note_off = ps + SUB_HEADER_SIZE
+    sub = KdumpSubHeader(
+        phys_base=_phys_base(dump.vmcoreinfo), dump_level=bm.dump_level, split=0,
+        start_pfn=0, end_pfn=0,
+        offset_vmcoreinfo=note_off + vmci_off if vmci_off is not None else 0,
+        size_vmcoreinfo=vmci_size, offset_note=note_off, size_note=len(note_bytes),
+        offset_eraseinfo=0, size_eraseinfo=0, start_pfn_64=0, end_pfn_64=0,
+        max_mapnr_64=bm.max_pfn)
+    res = WriteResult(pages_dumped=dumped_total)
+
+    # everything but page data first, in space reserved up front
+    sink.reserve(lay.data_offset)
+    sink.pwrite(pack_header(header), 0)
+    sink.pwrite(pack_sub_header(sub) + note_bytes, ps)
+    half = lay.bitmap_blocks // 2 * ps
+    for i, bits in enumerate((bm.valid, bm.dumpable)):
+        raw = np.zeros(half, dtype=np.uint8)
+        raw[:bits.size] = bits
+        sink.pwrite(raw.data, lay.bitmap_offset + i * half)
+    sink.pwrite(bytes(ps), lay.zero_page_offset)
+    res.timings["header"] = time.perf_counter() - t0
+
+    starts, ends = bit_runs(bm.dumpable, bm.max_pfn)
+    cursor = lay.data_offset
+    k_written = 0                          # descriptors in the file
+    descs: list[np.ndarray] = []           # finished but not yet written
+    k_done = 0                             # descriptors finished (written + pending)
+    threads = max(1, opts.threads)
+    local = _Compressors()
+    t_wait = t_write = t_read = 0.0
+
+    def flush_descs() -> None:
+        nonlocal k_written, descs
+        if descs:
+            table = np.concatenate(descs)
+            sink.pwrite(table.data, lay.desc_offset + k_written * PAGE_DESC_SIZE)
+            k_written += len(table)
+            descs = []
+
+    pending: deque[tuple[Future[_Chunk], int]] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kdlayout-compress") as pool:
+        try:
+            it = _chunks(starts, ends, max(8, opts.chunk_pages))
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < 2 * threads:
+                    chunk = next(it, None)
+                    if chunk is None:
+                        exhausted = True
+                        break
+                    t = time.perf_counter()
+                    parts = [_read_run(dump, a, b, ps) for a, b in chunk]
+                    pages = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                    t_read += time.perf_counter() - t
+                    pending.append((pool.submit(_compress_chunk, pages, opts.compression, local),
+                                    chunk[-1][1]))
+                if not pending:
+                    break
+                fut, last_pfn = pending.popleft()
+                t = time.perf_counter()
+                c = fut.result()
+                t_wait += time.perf_counter() - t
+                t = time.perf_counter()
+                d = np.zeros(len(c.zero), dtype=PAGE_DESC_DTYPE_LE)
+                offs = cursor + np.concatenate([[0], np.cumsum(c.sizes[:-1], dtype=np.int64)])
+                # offsets of non-zero pages: their sizes only (zero pages have size 0 here)
+                d["offset"] = np.where(c.zero, lay.zero_page_offset, offs)
+                d["size"] = np.where(c.zero, ps, c.sizes)
+                d["flags"] = c.flags
+                sink.pwrite(c.data, cursor)
+                cursor += len(c.data)
+                descs.append(d)
+                k_done += len(d)
+                res.zero_pages += int(c.zero.sum())
+                res.raw_pages += int(((c.flags == 0) & ~c.zero).sum())
+                res.data_bytes += len(c.data)
+                if k_done - k_written >= _DESC_BATCH:
+                    flush_descs()
+                t_write += time.perf_counter() - t
+                if progress is not None:
+                    progress(last_pfn, bm.max_pfn)
+            flush_descs()
+            sink.finish()
+        except OutOfSpace as exc:
+            for f, _ in pending:
+                f.cancel()
+            flush_descs()                  # into the reserved table: cannot run out of space
+            res.incomplete = True
+            res.error = str(exc)
+            sink.pwrite(pack_header(replace(
+                header, status=header.status | codecs.DUMP_DH_COMPRESSED_INCOMPLETE)), 0)
+            with contextlib.suppress(OSError):
+                sink.finish()
+    res.pages_written = k_written
+    res.size = cursor
+    res.timings.update(read=t_read, wait_compress=t_wait, write=t_write)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def same_file(a: str, b: str) -> bool:
+    """True if ``b`` names the file ``a`` (same path, symlink or hard link: st_dev/st_ino)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: WriteOptions, *,
+                    input_path: str | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> WriteResult:
+    """Write the image to ``path`` safely: a mode-0600 temporary file in the same directory,
+    renamed over ``path`` when complete.
+
+    On a full device the incomplete image (flag set, readable) is renamed to ``path`` and
+    :class:`IncompleteDumpError` is raised; on any other error the temporary file is removed.
+    Refuses a ``path`` that is the input file.
+    """
+    src = input_path or dump.info.path
+    if same_file(src, path):
+        raise KdlayoutError("refusing to overwrite the input dump", path=path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
+                               dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        sink = FileSink(fd, path)
+        try:
+            res = write_kdump(dump, bm, sink, opts, progress)
+        except OutOfSpace as exc:      # before any page: nothing readable to keep
+            raise KdlayoutError(f"no space left on the output device: {exc.strerror}",
+                                path=path) from None
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+    if res.incomplete:
+        raise IncompleteDumpError(
+            f"incomplete dump ({res.error}): {res.pages_written} of {res.pages_dumped} pages "
+            f"saved; the header carries DUMP_DH_COMPRESSED_INCOMPLETE", path=path,
+            offset=res.size)
+    return res
