@@ -26,6 +26,7 @@ directly), so they run on a small thread pool (numpy releases the GIL).
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -99,13 +100,38 @@ ALWAYS = int(PageClass.HWPOISON | PageClass.OFFLINE)
 CLASS_NAMES = ("free", "cache", "cache_private", "user", "hwpoison", "offline", "zero")
 
 
-def excluded_mask(codes: np.ndarray, dump_level: int) -> np.ndarray:
-    """Pages a dump level drops, from class codes (``uint8``): a bool array."""
+def _check_level(dump_level: int) -> None:
     if not 0 <= dump_level <= 31:
         raise ValueError(f"dump level {dump_level} is not in 0..31")
-    c = codes.astype(np.uint8, copy=False)
-    hit = (c & np.uint8(dump_level | ALWAYS)) != 0
-    out: np.ndarray = hit & ((c & np.uint8(PageClass.ANOMALY)) == 0)
+
+
+def _primary(code: int, lv: int) -> int:
+    """The attribution rule of one code value at level ``lv`` (see :func:`primary_classes`)."""
+    if code & PageClass.ANOMALY:
+        return len(CLASS_NAMES)
+    order = ((PageClass.FREE, lv & PageClass.FREE),
+             (PageClass.CACHE, lv & (PageClass.CACHE | PageClass.CACHE_PRIVATE)),
+             (PageClass.CACHE_PRIVATE, lv & PageClass.CACHE_PRIVATE),
+             (PageClass.USER, lv & PageClass.USER),
+             (PageClass.HWPOISON, True), (PageClass.OFFLINE, True),
+             (PageClass.ZERO, lv & PageClass.ZERO))
+    for i, (bit, on) in enumerate(order):
+        if on and code & bit:
+            return i
+    return len(CLASS_NAMES)
+
+
+@functools.lru_cache(maxsize=64)
+def _luts(dump_level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per code value (0..255): excluded at ``dump_level``, and its attribution rule."""
+    _check_level(dump_level)
+    prim = np.array([_primary(v, dump_level) for v in range(256)], dtype=np.uint8)
+    return prim != len(CLASS_NAMES), prim
+
+
+def excluded_mask(codes: np.ndarray, dump_level: int) -> np.ndarray:
+    """Pages a dump level drops, from class codes (``uint8``): a bool array."""
+    out: np.ndarray = _luts(dump_level)[0][codes.astype(np.uint8, copy=False)]
     return out
 
 
@@ -114,34 +140,16 @@ def primary_classes(codes: np.ndarray, dump_level: int) -> np.ndarray:
     (first match in makedumpfile's order: free, non-private cache, private cache, user data,
     hwpoison, offline, and zero last, since makedumpfile tests the content only of pages still
     dumpable), or ``len(CLASS_NAMES)`` for a kept page."""
-    c = codes.astype(np.uint8, copy=False)
-    lv = dump_level
-    none = np.zeros(c.shape, dtype=bool)
-
-    def has(bit: int) -> np.ndarray:
-        r: np.ndarray = (c & np.uint8(bit)) != 0
-        return r
-
-    conds = [
-        has(PageClass.FREE) if lv & PageClass.FREE else none,
-        has(PageClass.CACHE) if lv & (PageClass.CACHE | PageClass.CACHE_PRIVATE) else none,
-        has(PageClass.CACHE_PRIVATE) if lv & PageClass.CACHE_PRIVATE else none,
-        has(PageClass.USER) if lv & PageClass.USER else none,
-        has(PageClass.HWPOISON),
-        has(PageClass.OFFLINE),
-        has(PageClass.ZERO) if lv & PageClass.ZERO else none,
-    ]
-    which: np.ndarray = np.select(conds, list(range(len(CLASS_NAMES))),
-                                  default=len(CLASS_NAMES)).astype(np.uint8)
-    which[has(PageClass.ANOMALY)] = len(CLASS_NAMES)
-    return which
+    out: np.ndarray = _luts(dump_level)[1][codes.astype(np.uint8, copy=False)]
+    return out
 
 
 def count_classes(codes: np.ndarray, valid: np.ndarray, dump_level: int) -> dict[str, int]:
     """Excluded pages per class at ``dump_level`` among ``valid`` pages, attributed like
     makedumpfile's report (see :func:`primary_classes`)."""
-    which = primary_classes(codes[valid], dump_level)
-    hist = np.bincount(which, minlength=len(CLASS_NAMES) + 1)
+    per_code = np.bincount(codes[valid].astype(np.uint8, copy=False), minlength=256)
+    prim = _luts(dump_level)[1]
+    hist = np.bincount(prim, weights=per_code, minlength=len(CLASS_NAMES) + 1)
     return {name: int(hist[i]) for i, name in enumerate(CLASS_NAMES)}
 
 
