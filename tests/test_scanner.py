@@ -572,6 +572,11 @@ def test_cli_scan_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str
     length = int.from_bytes(data[idat - 4:idat], "big")
     rows = np.frombuffer(zlib.decompress(data[idat + 4:idat + 4 + length]), np.uint8)
     assert len(rows) == h * (w + 1)
+    # a windowed scan reports the same
+    assert main(["scan", str(fx.path("vmcore")), "-d", "31", "--json", "--window", "3000",
+                 "--threads", "1"]) == 0
+    win = json.loads(capsys.readouterr().out)
+    assert win["excluded"] == out["excluded"] and win["pages"] == out["pages"]
     # the text report has makedumpfile's lines
     assert main(["scan", str(fx.path("vmcore")), "-d", "1"]) == 0
     text = capsys.readouterr().out
