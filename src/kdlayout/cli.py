@@ -23,6 +23,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("db", "db"),
     ("reassemble", "reassemble"),
     ("scan", "scan"),
+    ("dump", "dump"),
 )
 
 EXIT_ERROR = 2

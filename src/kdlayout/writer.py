@@ -60,6 +60,10 @@ _DESC_BATCH: Final = 1 << 14
 _NT_PRSTATUS: Final = 1
 _PHYS_BASE_RE: Final = re.compile(rb"^NUMBER\(phys_base\)=(-?\d+)$", re.M)
 _OSRELEASE_RE: Final = re.compile(rb"^OSRELEASE=(.*)$", re.M)
+_UTS_SYMBOL_RE: Final = re.compile(rb"^SYMBOL\(init_uts_ns\)=([0-9a-fA-F]+)$", re.M)
+_X86_64_START_KERNEL_MAP: Final = 0xFFFFFFFF80000000
+_MASK64: Final = 0xFFFFFFFFFFFFFFFF
+_UTS_FIELD: Final = 65
 
 CODEC_FLAGS: Final = {"none": 0, "zlib": codecs.DUMP_DH_COMPRESSED_ZLIB,
                       "lzo": codecs.DUMP_DH_COMPRESSED_LZO,
@@ -110,8 +114,9 @@ class WriteResult:
 # Bitmaps
 
 
-def level0_bitmaps(dump: PhysicalMemory) -> PageBitmaps:
-    """Dump level 0: every pfn with any byte in the dump is valid and dumped (no layout needed)."""
+def level0_bitmaps(dump: PhysicalMemory, dump_level: int = 0) -> PageBitmaps:
+    """Every pfn with any byte in the dump is valid and dumped (no layout needed): dump level 0,
+    or 1 (zero pages are found while writing, see :func:`scan_bitmaps`)."""
     ps = dump.info.page_size
     ranges = dump.ranges()
     max_pfn = -(-ranges[-1].end // ps) if ranges else 0
@@ -119,15 +124,21 @@ def level0_bitmaps(dump: PhysicalMemory) -> PageBitmaps:
     for r in ranges:
         bits[r.start // ps: -(-r.end // ps)] = True
     packed = np.packbits(bits, bitorder="little")
-    return PageBitmaps(max_pfn, packed, packed, 0, {})
+    return PageBitmaps(max_pfn, packed, packed, dump_level, {})
 
 
 def scan_bitmaps(dump: PhysicalMemory, layout: Layout, dump_level: int, *,
                  threads: int = 2, window_pages: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> PageBitmaps:
-    """Bitmaps of a dump at ``dump_level`` from the scanner (2 bits per pfn kept)."""
+    """Bitmaps of a dump at ``dump_level`` from the scanner (2 bits per pfn kept).
+
+    Zero pages (level bit 1) stay in the 2nd bitmap, as in makedumpfile's kdump-compressed
+    output: the writer finds them while copying and points them at the shared zero page (readers
+    such as crash report an excluded page otherwise). So the scanner runs at ``dump_level & ~1``
+    and reads no page content.
+    """
     from .scanner import DEFAULT_BLOCK_PAGES, scan  # the stage before ours
-    res = scan(dump, layout, dump_level=dump_level, threads=threads,
+    res = scan(dump, layout, dump_level=dump_level & ~1, threads=threads,
                window_pages=window_pages or DEFAULT_BLOCK_PAGES, progress=progress)
     return PageBitmaps(res.max_pfn, res.valid_bits, res.dumpable_bits, dump_level,
                        dict(res.counts))
@@ -155,13 +166,33 @@ def serialize_notes(notes: list[Note] | tuple[Note, ...]) -> tuple[bytes, int | 
 
 def _phys_base(vmcoreinfo: bytes | None) -> int:
     m = _PHYS_BASE_RE.search(vmcoreinfo or b"")
-    return int(m.group(1)) & 0xFFFFFFFFFFFFFFFF if m else 0
+    return int(m.group(1)) & _MASK64 if m else 0
 
 
 def _utsname(dump: PhysicalMemory) -> Utsname:
-    m = _OSRELEASE_RE.search(dump.vmcoreinfo or b"")
+    """The crashed kernel's utsname: ``init_uts_ns`` read from memory where VMCOREINFO names it
+    (libkdumpfile, hence drgn, needs a plausible one), else OSRELEASE and the dump's arch."""
+    vmci = dump.vmcoreinfo or b""
+    m = _OSRELEASE_RE.search(vmci)
     release = m.group(1).decode("utf-8", "replace").strip() if m else (dump.info.release or "")
-    return Utsname("Linux", "", release, "", dump.info.arch, "")
+    fallback = Utsname("Linux", "(none)", release, "", dump.info.arch, "(none)")
+    sym = _UTS_SYMBOL_RE.search(vmci)
+    if sym is None or dump.info.arch != "x86_64":
+        return fallback
+    # x86_64 __pa_symbol(): the kernel-text mapping is offset by phys_base
+    pa = (int(sym.group(1), 16) - _X86_64_START_KERNEL_MAP + _phys_base(vmci)) & _MASK64
+    try:
+        raw = dump.read(pa, 8 + 6 * _UTS_FIELD)
+    except KdlayoutError:
+        return fallback
+    for off in (0, 4, 8):          # struct uts_namespace: name first, or after a kref
+        if raw[off:off + 6] != b"Linux\0":
+            continue
+        fields = [raw[off + i * _UTS_FIELD:off + (i + 1) * _UTS_FIELD].split(b"\0", 1)[0]
+                  .decode("utf-8", "replace") for i in range(6)]
+        if not release or fields[2] == release:
+            return Utsname(*fields)
+    return fallback
 
 
 # --------------------------------------------------------------------------------------------

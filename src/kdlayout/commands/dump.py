@@ -1,0 +1,176 @@
+"""``kdlayout dump``: write a filtered kdump-compressed dump, a drop-in for makedumpfile.
+
+Option names and meanings follow makedumpfile (``makedumpfile -c -d 31 /proc/vmcore DUMPFILE``
+as kdump-tools runs it): ``-d`` dump level, ``-c/-l/-p/-z`` page compression (none: pages stored
+raw), ``-F`` flattened format on stdout, ``--num-threads``, ``-x`` vmlinux, ``-i`` VMCOREINFO file,
+``--message-level``. ``-E`` (ELF output) is not implemented and refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from ..diskdump_write import FlatSink, OutOfSpace
+from ..dumpfile import open_dump
+from ..errors import KdlayoutError, UnsupportedError
+from ..resolver import resolve
+from ..writer import (
+    CODEC_FLAGS,
+    IncompleteDumpError,
+    PageBitmaps,
+    WriteOptions,
+    WriteResult,
+    level0_bitmaps,
+    scan_bitmaps,
+    write_dump_file,
+    write_kdump,
+)
+from .common import add_source_arguments, resolve_options
+
+#: makedumpfile's --message-level bits.
+ML_PROGRESS = 1
+ML_COMMON = 2
+ML_ERROR = 4
+ML_REPORT = 16
+DEFAULT_MESSAGE_LEVEL = ML_PROGRESS | ML_COMMON | ML_ERROR
+
+_LABELS = (("zero", "Pages filled with zero"), ("cache", "Non-private cache pages"),
+           ("cache_private", "Private cache pages"), ("user", "User process data pages"),
+           ("free", "Free pages"), ("hwpoison", "Hwpoison pages"), ("offline", "Offline pages"))
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "dump", help="write a filtered kdump-compressed dump (makedumpfile drop-in)",
+        description="Classify every page frame of VMCORE at dump level LEVEL and write the kept "
+                    "pages to DUMPFILE in makedumpfile's kdump-compressed format (crash, drgn and "
+                    "makedumpfile read it). The file appears under its name only when complete.")
+    p.add_argument("vmcore", metavar="VMCORE")
+    p.add_argument("dumpfile", metavar="DUMPFILE", nargs="?")
+    p.add_argument("-d", "--dump-level", type=int, default=0, metavar="LEVEL",
+                   help="makedumpfile dump level 0-31 (default 0: every page)")
+    comp = p.add_mutually_exclusive_group()
+    comp.add_argument("-c", dest="codec", action="store_const", const="zlib",
+                      help="compress pages with zlib")
+    comp.add_argument("-l", dest="codec", action="store_const", const="lzo",
+                      help="compress pages with LZO")
+    comp.add_argument("-p", dest="codec", action="store_const", const="snappy",
+                      help="compress pages with snappy")
+    comp.add_argument("-z", dest="codec", action="store_const", const="zstd",
+                      help="compress pages with zstd")
+    p.add_argument("-F", dest="flatten", action="store_true",
+                   help="write the flattened format to stdout (no DUMPFILE)")
+    p.add_argument("-E", dest="elf", action="store_true",
+                   help="ELF output (not implemented: refused)")
+    p.add_argument("--num-threads", type=int, default=2, metavar="N",
+                   help="compression threads (default 2)")
+    p.add_argument("-x", dest="vmlinux", metavar="VMLINUX",
+                   help="vmlinux with DWARF of the crashed kernel (same as --vmlinux)")
+    p.add_argument("--message-level", type=int, default=DEFAULT_MESSAGE_LEVEL, metavar="N",
+                   help="makedumpfile message bits: 1 progress, 2 common, 4 errors, 16 report "
+                        f"(default {DEFAULT_MESSAGE_LEVEL})")
+    add_source_arguments(p)
+    p.set_defaults(func=run, codec=None)
+
+
+class _Progress:
+    """One ``\\r``-updated line on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.2 and done < total):
+            return
+        self.last = now
+        pct = 100.0 * done / total if total else 100.0
+        sys.stderr.write(f"\r{label:<16}: [{pct:5.1f} %]")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``kdlayout dump``; returns the exit status."""
+    if args.elf:
+        raise UnsupportedError("ELF output (-E) is not implemented; write kdump-compressed "
+                               "output (the default) instead")
+    if not 0 <= args.dump_level <= 31:
+        raise KdlayoutError(f"dump level {args.dump_level} is not in 0..31")
+    if args.num_threads < 1:
+        raise KdlayoutError("--num-threads must be at least 1")
+    if args.flatten:
+        if args.dumpfile is not None:
+            raise KdlayoutError("-F writes to stdout: give no DUMPFILE")
+        if sys.stdout.isatty():
+            raise KdlayoutError("-F would write binary data to a terminal; redirect stdout")
+    elif args.dumpfile is None:
+        raise KdlayoutError("DUMPFILE is required (or -F for stdout)")
+    ml = args.message_level
+    progress = _Progress(bool(ml & ML_PROGRESS))
+    opts = WriteOptions(compression=CODEC_FLAGS[args.codec or "none"], threads=args.num_threads)
+    t0 = time.perf_counter()
+    with open_dump(args.vmcore) as dump:
+        if args.dump_level & ~1 == 0:
+            bm = level0_bitmaps(dump, args.dump_level)
+        else:
+            layout = resolve(dump, resolve_options(args)).layout
+            bm = scan_bitmaps(dump, layout, args.dump_level, threads=args.num_threads,
+                              progress=lambda d, t: progress("Excluding pages", d, t))
+
+        def prog(done: int, total: int) -> None:
+            progress("Copying data", done, total)
+
+        if args.flatten:
+            res = write_kdump(dump, bm, FlatSink(sys.stdout.buffer), opts, prog)
+            if res.incomplete:
+                raise OutOfSpace(28, f"{res.error}: {res.pages_written} of {res.pages_dumped} "
+                                 "pages written", "<stdout>")
+        else:
+            try:
+                res = write_dump_file(dump, bm, str(args.dumpfile), opts, input_path=args.vmcore,
+                                      progress=prog)
+            except IncompleteDumpError:
+                if ml & ML_COMMON:
+                    sys.stderr.write("\nThe dumpfile is incomplete: not enough space.\n")
+                raise
+    elapsed = time.perf_counter() - t0
+    if ml & ML_REPORT:
+        print_report(bm, res)
+    if ml & ML_COMMON:
+        where = "stdout" if args.flatten else str(args.dumpfile)
+        sys.stderr.write(f"\nThe dumpfile is saved to {where}.\n\n"
+                         f"kdlayout dump completed in {elapsed:.1f} s.\n")
+    return 0
+
+
+def print_report(bm: PageBitmaps, res: WriteResult) -> None:
+    """A page count summary shaped like makedumpfile's report (on stderr)."""
+    valid = int(np.unpackbits(bm.valid).sum())
+    out = sys.stderr
+
+    def line(label: str, pages: int) -> None:
+        out.write(f"{label:<28}: 0x{pages:016x}\n")
+
+    out.write(f"\nOriginal pages  : 0x{valid:016x}\n")
+    kept = res.pages_dumped - (res.zero_pages if bm.dump_level & 1 else 0)
+    excluded = valid - kept
+    for key, label in _LABELS:
+        n = res.zero_pages if key == "zero" and bm.dump_level & 1 else bm.excluded.get(key, 0)
+        line(f"  {label}", n)
+    line("  Excluded pages", excluded)
+    line("  Remaining pages", kept)
+    if valid:
+        out.write(f"  (The number of pages is reduced to {kept * 100 // valid}%.)\n")
+    line("Memory Hole", bm.max_pfn - valid)
+    out.write("-" * 50 + "\n")
+    line("Total pages", bm.max_pfn)
+    out.write(f"  Zero pages sharing one page : {res.zero_pages}\n"
+              f"  Pages stored uncompressed   : {res.raw_pages}\n"
+              f"Write bytes     : {res.size}\n")
