@@ -353,8 +353,16 @@ FACTS: dict[str, Any] = {
     "NUMBER(PGTY_buddy)": 0xF0, "NUMBER(PGTY_offline)": 0xF1, "NUMBER(PGTY_hugetlb)": 0xF4,
     "NUMBER(PGTY_slab)": 0xF5, "NUMBER(PGTY_unaccepted)": 0xF7,
 }
-LRU, PRIV, PRIV2, HEAD, HWP = 1 << 5, 1 << 14, 1 << 15, 1 << 6, 1 << 20
 NO_TYPE = 0xFFFFFFFF
+# The same mechanisms with other numbers (a future kernel renumbering enum pageflags and
+# enum pagetype): classification must not change, with no code change.
+RENUMBERED: dict[str, Any] = FACTS | {
+    "NUMBER(PG_lru)": 9, "NUMBER(PG_private)": 4, "NUMBER(PG_private_2)": 5,
+    "NUMBER(PG_swapcache)": 12, "NUMBER(PG_owner_priv_1)": 12, "NUMBER(PG_swapbacked)": 13,
+    "NUMBER(PG_hwpoison)": 22, "NUMBER(PG_head)": 3,
+    "NUMBER(PGTY_buddy)": 0xE0, "NUMBER(PGTY_offline)": 0xE1, "NUMBER(PGTY_hugetlb)": 0xE4,
+    "NUMBER(PGTY_slab)": 0xE5, "NUMBER(PGTY_unaccepted)": 0xE7,
+}
 
 
 class _Ram(PhysicalMemory):
@@ -380,7 +388,8 @@ class _Ram(PhysicalMemory):
 class _Machine:
     """RAM of N pages with a memmap at MEMMAP_PFN; pages default to 'no type, no flags'."""
 
-    def __init__(self) -> None:
+    def __init__(self, facts: dict[str, Any] | None = None) -> None:
+        self.facts = FACTS if facts is None else facts
         self.data = bytearray(N * PS)
         self.base = MEMMAP_PFN * PS
         for pfn in range(N):
@@ -393,16 +402,22 @@ class _Machine:
                              (48, 4, ptype)):
             self.data[o + off:o + off + size] = v.to_bytes(size, "little")
 
+    def flag(self, name: str) -> int:
+        return 1 << int(self.facts[f"NUMBER(PG_{name})"])
+
+    def tag(self, name: str) -> int:
+        return int(self.facts[f"NUMBER(PGTY_{name})"]) << 24
+
     def compound(self, head: int, order: int, *, flags: int = 0, mapping: int = 0,
                  ptype: int = NO_TYPE) -> None:
-        self.page(head, flags=flags | HEAD, mapping=mapping, ptype=ptype)
+        self.page(head, flags=flags | self.flag("head"), mapping=mapping, ptype=ptype)
         for t in range(head + 1, head + (1 << order)):
             self.page(t, info=VMEMMAP + head * 64 + 1, flags=order if t == head + 1 else 0)
 
     def scanner(self, *, partial_tail: int = 0) -> Scanner:
         ram = _Ram(self.data, [MemoryRange(PS, N * PS - PS - partial_tail)])
-        sem = derive_semantics(FACTS)
-        rules, _ = derive_memory_model(FACTS)
+        sem = derive_semantics(self.facts)
+        rules, _ = derive_memory_model(self.facts)
         mm = MemMap(rules, 64, sections=[Section(0, 0, N, VMEMMAP, VMEMMAP)])
         a, b = BAD_CHUNK
         mm.chunks = [MemmapChunk(0, a, self.base),
@@ -425,24 +440,25 @@ def _run(sc: Scanner, level: int, window: int = 1 << 20, threads: int = 2) -> tu
     return np.concatenate(codes), np.concatenate(valid), np.concatenate(dumpable), anomalies
 
 
-def _corrupt_machine() -> _Machine:
-    m = _Machine()
+def _corrupt_machine(facts: dict[str, Any] | None = None) -> _Machine:
+    m = _Machine(facts)
+    buddy, offline, slab, hugetlb = (m.tag(t) for t in ("buddy", "offline", "slab", "hugetlb"))
     m.page(1024, mapping=0xFFFF888000001001)                        # anon page
     m.compound(1040, 4, mapping=0xFFFF888000002001)                 # anon THP, order 4
-    m.page(1088, ptype=0xF0000000, private=3)                       # free block, order 3
-    m.page(1104, ptype=0xF0000000, private=11)                      # order >= NR_PAGE_ORDERS
+    m.page(1088, ptype=buddy, private=3)                            # free block, order 3
+    m.page(1104, ptype=buddy, private=11)                           # order >= NR_PAGE_ORDERS
     m.page(1120, info=VMEMMAP + 1121 * 64 + 1, mapping=1)           # cyclic compound heads
     m.page(1121, info=VMEMMAP + 1120 * 64 + 1, mapping=1)
     m.compound(1152, 4, mapping=0xFFFF888000003001)
     m.page(1153, info=VMEMMAP + 1152 * 64 + 1, flags=40)            # order 40
     m.page(1200, info=0xDEAD000000000001, mapping=1)                # tail to nowhere
-    m.page(1210, flags=HWP)                                         # hwpoison
-    m.page(1211, ptype=0xF1000000)                                  # offline
-    m.page(1212, ptype=0xF5000000, mapping=1)                       # slab, mapping bit 0
-    m.page(1213, flags=LRU)                                         # non-private cache
-    m.page(1214, flags=LRU | PRIV2)                                 # private cache
-    m.page(1280, ptype=0xF0000000, private=5)                       # free, crosses windows
-    m.compound(1536, 9, ptype=0xF4000000)                           # hugetlb 2 MiB
+    m.page(1210, flags=m.flag("hwpoison"))                                    # hwpoison
+    m.page(1211, ptype=offline)                                     # offline
+    m.page(1212, ptype=slab, mapping=1)                             # slab, mapping bit 0
+    m.page(1213, flags=m.flag("lru"))                                      # non-private cache
+    m.page(1214, flags=m.flag("lru") | m.flag("private_2"))                                 # private cache
+    m.page(1280, ptype=buddy, private=5)                             # free, crosses windows
+    m.compound(1536, 9, ptype=hugetlb)                               # hugetlb 2 MiB
     m.page(2050, mapping=1)                                         # struct page not in dump
     # HugeTLB vmemmap optimisation: the struct pages from index 64 on read as copies of the
     # first vmemmap page, so pfn 3072 + 64 looks like the head ("fake head") and + 65 like page[1]
@@ -457,8 +473,9 @@ def _corrupt_machine() -> _Machine:
     return m
 
 
-def test_synthetic_classes_and_anomalies() -> None:
-    m = _corrupt_machine()
+@pytest.mark.parametrize("facts", [FACTS, RENUMBERED], ids=["6.12-numbers", "renumbered"])
+def test_synthetic_classes_and_anomalies(facts: dict[str, Any]) -> None:
+    m = _corrupt_machine(facts)
     sc = m.scanner(partial_tail=100)
     codes, valid, dumpable, an = _run(sc, 31)
     assert sc.max_pfn == N

@@ -559,8 +559,10 @@ class Scanner:
         else:
             slab = _bit(flags, s.slab.flag_bit)
 
-        # compound heads and their order (sparse)
-        head = (flags & _U64(s.compound.head_mask)) != 0
+        # compound heads and their order (sparse); a tail is never a head, whatever its flags
+        # word holds (the first tail's is _flags_1, whose low byte is the order)
+        head = ((flags & _U64(s.compound.head_mask)) != 0) & (
+            (self._val("info", sel(f["info"])) & _U64(1)) == 0)
         hi = np.flatnonzero(head & has)
         of = self._fields["order"]
         oidx = np.minimum(rows(hi) + of.page(self.psize), last)
