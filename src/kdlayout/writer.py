@@ -92,6 +92,7 @@ class WriteOptions:
     compression: int = codecs.DUMP_DH_COMPRESSED_ZLIB
     threads: int = 2
     chunk_pages: int = DEFAULT_CHUNK_PAGES
+    timestamp: float | None = None   # header time (default: now); fixed for reproducible output
 
 
 @dataclass
@@ -331,7 +332,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
     lay = plan_image(ps, len(note_bytes), bm.max_pfn, dumped_total)
     nr_cpus = sum(1 for n in notes if n.type == _NT_PRSTATUS and n.name == "CORE") \
         or (dump.info.nr_cpus or 1)
-    header = make_header(utsname=_utsname(dump), timestamp=time.time(),
+    header = make_header(utsname=_utsname(dump), timestamp=time.time() if opts.timestamp is None else opts.timestamp,
                          status=opts.compression, block_size=ps, sub_hdr_size=lay.sub_hdr_size,
                          bitmap_blocks=lay.bitmap_blocks, max_mapnr=min(bm.max_pfn, 0xFFFFFFFF),
                          nr_cpus=nr_cpus)
@@ -423,7 +424,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                 f.cancel()
             flush_descs()                  # into the reserved table: cannot run out of space
             res.incomplete = True
-            res.error = str(exc)
+            res.error = f"{exc.strerror} (output offset {cursor:#x})"
             sink.pwrite(pack_header(replace(
                 header, status=header.status | codecs.DUMP_DH_COMPRESSED_INCOMPLETE)), 0)
             with contextlib.suppress(OSError):
@@ -474,6 +475,9 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
         except OutOfSpace as exc:      # before any page: nothing readable to keep
             raise KdlayoutError(f"no space left on the output device: {exc.strerror}",
                                 path=path) from None
+        if res.incomplete:            # drop the half-written chunk: frees space, clean tail
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, res.size)
         os.replace(tmp, path)
         with contextlib.suppress(OSError):
             dfd = os.open(directory, os.O_RDONLY)
@@ -489,7 +493,6 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
         os.close(fd)
     if res.incomplete:
         raise IncompleteDumpError(
-            f"incomplete dump ({res.error}): {res.pages_written} of {res.pages_dumped} pages "
-            f"saved; the header carries DUMP_DH_COMPRESSED_INCOMPLETE", path=path,
-            offset=res.size)
+            f"incomplete dump, {res.error}: {res.pages_written} of {res.pages_dumped} pages "
+            f"saved; the header carries DUMP_DH_COMPRESSED_INCOMPLETE", path=path)
     return res
