@@ -38,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import kdlayout, drgn, lzo, snappy, zstandard, elftools, cachetools, clang.cindex, pytest, hypothesis, mypy, ruff" 2>/dev/null \
+if ! "$PY" -c "import kdlayout, drgn, lzo, snappy, zstandard, elftools, cachetools, clang.cindex, pytest, hypothesis, mypy, ruff, jsonschema" 2>/dev/null \
    || ! "$PY" -c "import kdlayout, sys; sys.exit(0 if kdlayout.__file__.startswith('$(pwd)/') else 1)" 2>/dev/null; then
     echo "setup: installing the package and its development dependencies with pip"
     "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v -E "^(WARNING|DEPRECATION)" || true
