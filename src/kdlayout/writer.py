@@ -23,8 +23,12 @@ pages were saved.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import mmap
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -270,6 +274,31 @@ def _read_run(dump: PhysicalMemory, a: int, b: int, ps: int) -> np.ndarray:
     return v.reshape(b - a, ps)
 
 
+_MADV_DONTNEED: Final = 4
+_libc: ctypes.CDLL | None = None
+
+
+def _release(pages: np.ndarray) -> None:
+    """Drop the page-table entries of a zero-copy view of a read-only file mapping once its
+    pages are compressed, so RSS stays flat in the dump size (the page cache keeps the data;
+    a later access maps it again). Arrays that own their memory are left alone."""
+    global _libc
+    base: object = pages
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, mmap.mmap | memoryview) or sys.platform != "linux":
+        return
+    if isinstance(base, memoryview) and not isinstance(base.obj, mmap.mmap):
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    ps = mmap.PAGESIZE
+    lo = -(-pages.ctypes.data // ps) * ps
+    hi = (pages.ctypes.data + pages.nbytes) // ps * ps
+    if hi > lo:
+        _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
+
+
 def _chunks(starts: np.ndarray, ends: np.ndarray, per: int) -> Iterator[list[tuple[int, int]]]:
     """Runs of dumped pfns cut and grouped into chunks of at most ``per`` pages."""
     cur: list[tuple[int, int]] = []
@@ -375,7 +404,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
             k_written += len(table)
             descs = []
 
-    pending: deque[tuple[Future[_Chunk], int]] = deque()
+    pending: deque[tuple[Future[_Chunk], int, list[np.ndarray]]] = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kdlayout-compress") as pool:
         try:
             it = _chunks(starts, ends, max(8, opts.chunk_pages))
@@ -391,12 +420,14 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                     pages = parts[0] if len(parts) == 1 else np.concatenate(parts)
                     t_read += time.perf_counter() - t
                     pending.append((pool.submit(_compress_chunk, pages, opts.compression, local),
-                                    chunk[-1][1]))
+                                    chunk[-1][1], parts))
                 if not pending:
                     break
-                fut, last_pfn = pending.popleft()
+                fut, last_pfn, views = pending.popleft()
                 t = time.perf_counter()
                 c = fut.result()
+                for v in views:
+                    _release(v)
                 t_wait += time.perf_counter() - t
                 t = time.perf_counter()
                 d = np.zeros(len(c.zero), dtype=PAGE_DESC_DTYPE_LE)
@@ -420,7 +451,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
             flush_descs()
             sink.finish()
         except OutOfSpace as exc:
-            for f, _ in pending:
+            for f, _, _ in pending:
                 f.cancel()
             flush_descs()                  # into the reserved table: cannot run out of space
             res.incomplete = True
