@@ -93,9 +93,7 @@ def main() -> int:
             m_threads = ["--num-threads", str(args.threads)] if args.threads > 0 else []
             ours, theirs = [], []
             for _ in range(args.repeat):
-                ours.append(run_child(kd + ["-d", str(args.level), f"-{letter}", *k_threads,
-                                            "--message-level", "0", str(vmcore),
-                                            str(ours_out)], ours_out))
+                ours.append(run_child([*kd, "-d", str(args.level), f"-{letter}", *k_threads, "--message-level", "0", str(vmcore), str(ours_out)], ours_out))
                 theirs.append(run_child([args.makedumpfile, "-d", str(args.level), f"-{letter}",
                                          *m_threads, "--message-level", "0", str(vmcore),
                                          str(theirs_out)], theirs_out))
