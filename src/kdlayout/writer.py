@@ -134,16 +134,19 @@ def level0_bitmaps(dump: PhysicalMemory, dump_level: int = 0) -> PageBitmaps:
 
 def scan_bitmaps(dump: PhysicalMemory, layout: Layout, dump_level: int, *,
                  threads: int = 2, window_pages: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> PageBitmaps:
+                 progress: Callable[[int, int], None] | None = None,
+                 keep_zero: bool = True) -> PageBitmaps:
     """Bitmaps of a dump at ``dump_level`` from the scanner (2 bits per pfn kept).
 
     Zero pages (level bit 1) stay in the 2nd bitmap, as in makedumpfile's kdump-compressed
     output: the writer finds them while copying and points them at the shared zero page (readers
     such as crash report an excluded page otherwise). So the scanner runs at ``dump_level & ~1``
-    and reads no page content.
+    and reads no page content. ``keep_zero=False`` (ELF output, which has no shared zero page)
+    lets the scanner drop zero pages itself.
     """
     from .scanner import DEFAULT_BLOCK_PAGES, scan  # the stage before ours
-    res = scan(dump, layout, dump_level=dump_level & ~1, threads=threads,
+    res = scan(dump, layout, dump_level=dump_level & ~1 if keep_zero else dump_level,
+               threads=threads,
                window_pages=window_pages or DEFAULT_BLOCK_PAGES, progress=progress)
     return PageBitmaps(res.max_pfn, res.valid_bits, res.dumpable_bits, dump_level,
                        dict(res.counts))
@@ -484,13 +487,15 @@ def same_file(a: str, b: str) -> bool:
 
 def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: WriteOptions, *,
                     input_path: str | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> WriteResult:
+                    progress: Callable[[int, int], None] | None = None,
+                    elf: bool = False) -> WriteResult:
     """Write the image to ``path`` safely: a mode-0600 temporary file in the same directory,
     renamed over ``path`` when complete.
 
     On a full device the incomplete image (flag set, readable) is renamed to ``path`` and
     :class:`IncompleteDumpError` is raised; on any other error the temporary file is removed.
-    Refuses a ``path`` that is the input file.
+    Refuses a ``path`` that is the input file. ``elf``: write an ELF core (:func:`write_elf`)
+    instead; an ELF output that runs out of space is removed (ELF has no incomplete flag).
     """
     src = input_path or dump.info.path
     if same_file(src, path):
@@ -502,7 +507,8 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
         os.fchmod(fd, 0o600)
         sink = FileSink(fd, path)
         try:
-            res = write_kdump(dump, bm, sink, opts, progress)
+            res = (write_elf(dump, bm, sink, progress) if elf
+                   else write_kdump(dump, bm, sink, opts, progress))
         except OutOfSpace as exc:      # before any page: nothing readable to keep
             raise KdlayoutError(f"no space left on the output device: {exc.strerror}",
                                 path=path) from None
@@ -526,4 +532,148 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
         raise IncompleteDumpError(
             f"incomplete dump, {res.error}: {res.pages_written} of {res.pages_dumped} pages "
             f"saved; the header carries DUMP_DH_COMPRESSED_INCOMPLETE", path=path)
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# ELF output (makedumpfile -E)
+
+_ELF_HEADER_SIZE: Final = 64
+_PHDR_SIZE: Final = 56
+_SHDR_SIZE: Final = 64
+_PN_XNUM: Final = 0xFFFF
+_PT_LOAD: Final = 1
+_PT_NOTE: Final = 4
+_EM_X86_64: Final = 62
+_ELF_COPY: Final = 1 << 22
+
+
+class LoadRun(NamedTuple):
+    """One PT_LOAD of the ELF output: ``filesz`` bytes stored for ``paddr`` (``vaddr`` as the
+    input's segment), then ``memsz - filesz`` bytes of zeros that are not stored."""
+
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+
+
+def zero_page_bits(dump: PhysicalMemory, bm: PageBitmaps) -> np.ndarray:
+    """Packed bitmap of the written pfns whose content is all zeros (reads their pages)."""
+    ps = dump.info.page_size
+    out = np.zeros(bm.dumpable.size, dtype=np.uint8)
+    starts, ends = bit_runs(bm.dumpable, bm.max_pfn)
+    for chunk in _chunks(starts, ends, 2048):
+        for a, b in chunk:
+            pages = _read_run(dump, a, b, ps)
+            z = ~pages.any(axis=1)
+            _release(pages)
+            idx = np.flatnonzero(z) + a
+            np.bitwise_or.at(out, idx >> 3, (1 << (idx & 7)).astype(np.uint8))
+    return out
+
+
+def elf_load_runs(dump: PhysicalMemory, bm: PageBitmaps,
+                  zero: np.ndarray | None = None) -> list[LoadRun]:
+    """The input's PT_LOADs (or its ranges, with ``p_vaddr`` 0) cut to the runs of written pfns.
+
+    Pages flagged in ``zero`` are not stored: a run of them becomes the ``p_memsz`` tail of the
+    PT_LOAD before it (or a PT_LOAD with ``p_filesz`` 0), which readers return as zeros. Segments
+    that alias the same physical memory (a kexec vmcore's kernel-text segment) are cut alike.
+    """
+    ps = dump.info.page_size
+    segs: list[tuple[int, int, int]] = [
+        (int(s.p_vaddr), int(s.p_paddr), int(s.p_filesz))
+        for s in getattr(dump, "segments", ()) if int(s.p_filesz) > 0]
+    if not segs:
+        segs = [(0, r.start, r.size) for r in dump.ranges()]
+    starts, ends = bit_runs(bm.dumpable, bm.max_pfn)
+    out: list[LoadRun] = []
+    for vaddr, paddr, size in segs:
+        lo_pfn, hi_pfn = paddr // ps, -(-(paddr + size) // ps)
+        i = int(np.searchsorted(ends, lo_pfn, side="right"))
+        j = int(np.searchsorted(starts, hi_pfn, side="left"))
+        for s, e in zip(starts[i:j].tolist(), ends[i:j].tolist(), strict=True):
+            a, b = max(s * ps, paddr), min(e * ps, paddr + size)
+            if a >= b:
+                continue
+            # sub-runs of stored / zero pages inside [a, b)
+            pa, pb = a // ps, -(-b // ps)
+            if zero is None:
+                isz = np.zeros(pb - pa, dtype=bool)
+            else:
+                isz = np.unpackbits(zero[pa >> 3:(pb + 7) >> 3], bitorder="little")[
+                    pa & 7:(pa & 7) + pb - pa].astype(bool)
+            cuts = np.flatnonzero(np.diff(isz.astype(np.int8))) + 1
+            bounds = [0, *cuts.tolist(), pb - pa]
+            for k in range(len(bounds) - 1):
+                x = max((pa + bounds[k]) * ps, a)
+                y = min((pa + bounds[k + 1]) * ps, b)
+                va = vaddr + (x - paddr) if vaddr else 0
+                if isz[bounds[k]]:
+                    if out and out[-1].paddr + out[-1].memsz == x and k > 0:
+                        last = out[-1]
+                        out[-1] = last._replace(memsz=last.memsz + (y - x))
+                    else:
+                        out.append(LoadRun(va, x, 0, y - x))
+                else:
+                    out.append(LoadRun(va, x, y - x, y - x))
+    return out
+
+
+def write_elf(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink,
+              progress: Callable[[int, int], None] | None = None) -> WriteResult:
+    """Write an ELF64 core holding the input's notes and one PT_LOAD per run of written pages
+    (excluded pages are in no segment; at level bit 1 zero pages are ``p_memsz`` tails, as
+    readers need them, see :func:`elf_load_runs`). More than 65534 program headers use PN_XNUM.
+    """
+    import struct
+    t0 = time.perf_counter()
+    ps = dump.info.page_size
+    zero = zero_page_bits(dump, bm) if bm.dump_level & 1 else None
+    runs = elf_load_runs(dump, bm, zero)
+    note_bytes, _, _ = serialize_notes(list(dump.notes))
+    nphdr = 1 + len(runs)
+    xnum = nphdr >= _PN_XNUM
+    shoff = _ELF_HEADER_SIZE if xnum else 0
+    phoff = _ELF_HEADER_SIZE + (_SHDR_SIZE if xnum else 0)
+    note_off = phoff + nphdr * _PHDR_SIZE
+    pos = -(-(note_off + len(note_bytes)) // ps) * ps
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    machine = _EM_X86_64 if dump.info.arch == "x86_64" else 0
+    head = bytearray(struct.pack("<16sHHIQQQIHHHHHH", ident, 4, machine, 1, 0, phoff, shoff, 0,
+                                 _ELF_HEADER_SIZE, _PHDR_SIZE, _PN_XNUM if xnum else nphdr,
+                                 _SHDR_SIZE if xnum else 0, 1 if xnum else 0, 0))
+    if xnum:
+        head += struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, nphdr, 0, 0)
+    head += struct.pack("<IIQQQQQQ", _PT_NOTE, 0, note_off, 0, 0, len(note_bytes),
+                        len(note_bytes), 0)
+    offsets = []
+    for r in runs:
+        offsets.append(pos)
+        head += struct.pack("<IIQQQQQQ", _PT_LOAD, 7, pos, r.vaddr, r.paddr, r.filesz, r.memsz,
+                            0)
+        pos += r.filesz
+    head += note_bytes
+    res = WriteResult(pages_dumped=int(np.unpackbits(bm.dumpable).sum()) if bm.max_pfn else 0)
+    sink.pwrite(bytes(head), 0)
+    total = sum(r.filesz for r in runs)
+    done = 0
+    for r, off in zip(runs, offsets, strict=True):
+        for a in range(0, r.filesz, _ELF_COPY):
+            n = min(_ELF_COPY, r.filesz - a)
+            first, last = (r.paddr + a) // ps, -(-(r.paddr + a + n) // ps)
+            pages = _read_run(dump, first, last, ps)
+            lo = r.paddr + a - first * ps
+            sink.pwrite(pages.reshape(-1)[lo:lo + n].data, off + a)
+            _release(pages)
+            done += n
+        if progress is not None:
+            progress(done, total)
+    sink.finish()
+    res.pages_written = res.pages_dumped
+    res.zero_pages = int(np.unpackbits(zero).sum()) if zero is not None else 0
+    res.data_bytes = total
+    res.size = pos
+    res.seconds = time.perf_counter() - t0
     return res

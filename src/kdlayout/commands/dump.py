@@ -3,7 +3,7 @@
 Option names and meanings follow makedumpfile (``makedumpfile -c -d 31 /proc/vmcore DUMPFILE``
 as kdump-tools runs it): ``-d`` dump level, ``-c/-l/-p/-z`` page compression (none: pages stored
 raw), ``-F`` flattened format on stdout, ``--num-threads``, ``-x`` vmlinux, ``-i`` VMCOREINFO file,
-``--message-level``. ``-E`` (ELF output) is not implemented and refused.
+``--message-level``, ``-E`` (ELF output, uncompressed).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from ..diskdump_write import FlatSink, OutOfSpace
 from ..dumpfile import open_dump
-from ..errors import KdlayoutError, UnsupportedError
+from ..errors import KdlayoutError
 from ..resolver import resolve
 from ..writer import (
     CODEC_FLAGS,
@@ -27,6 +27,7 @@ from ..writer import (
     level0_bitmaps,
     scan_bitmaps,
     write_dump_file,
+    write_elf,
     write_kdump,
 )
 from .common import add_source_arguments, resolve_options
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-F", dest="flatten", action="store_true",
                    help="write the flattened format to stdout (no DUMPFILE)")
     p.add_argument("-E", dest="elf", action="store_true",
-                   help="ELF output (not implemented: refused)")
+                   help="ELF output: the input's notes and one PT_LOAD per run of kept pages")
     p.add_argument("--num-threads", type=int, default=2, metavar="N",
                    help="compression threads (default 2)")
     p.add_argument("-x", dest="vmlinux", metavar="VMLINUX",
@@ -98,9 +99,8 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``kdlayout dump``; returns the exit status."""
-    if args.elf:
-        raise UnsupportedError("ELF output (-E) is not implemented; write kdump-compressed "
-                               "output (the default) instead")
+    if args.elf and args.codec:
+        raise KdlayoutError("-E writes uncompressed ELF: give no -c/-l/-p/-z")
     if not 0 <= args.dump_level <= 31:
         raise KdlayoutError(f"dump level {args.dump_level} is not in 0..31")
     if args.num_threads < 1:
@@ -128,14 +128,16 @@ def run(args: argparse.Namespace) -> int:
             progress("Copying data", done, total)
 
         if args.flatten:
-            res = write_kdump(dump, bm, FlatSink(sys.stdout.buffer), opts, prog)
+            sink = FlatSink(sys.stdout.buffer)
+            res = (write_elf(dump, bm, sink, prog) if args.elf
+                   else write_kdump(dump, bm, sink, opts, prog))
             if res.incomplete:
                 raise OutOfSpace(28, f"{res.error}: {res.pages_written} of {res.pages_dumped} "
                                  "pages written", "<stdout>")
         else:
             try:
                 res = write_dump_file(dump, bm, str(args.dumpfile), opts, input_path=args.vmcore,
-                                      progress=prog)
+                                      progress=prog, elf=args.elf)
             except IncompleteDumpError:
                 if ml & ML_COMMON:
                     sys.stderr.write("\nThe dumpfile is incomplete: not enough space.\n")
