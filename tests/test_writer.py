@@ -378,7 +378,7 @@ def _cli(*args: str, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProce
 
 def test_cli_refusals(tmp_path: Path) -> None:
     src = _synth(tmp_path)
-    r = _cli("-E", str(src), str(tmp_path / "o"))
+    r = _cli("-E", "-c", str(src), str(tmp_path / "o"))
     assert r.returncode != 0 and b"-E" in r.stderr
     r = _cli("-F", str(src), str(tmp_path / "o"))
     assert r.returncode != 0 and b"stdout" in r.stderr
@@ -394,6 +394,66 @@ def test_cli_flattened_stdout(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     with open_flattened(tmp_path / "o.flat") as fd, open_dump(src) as s:
         assert fd.read_page(17) == s.read(17 * PS, PS)
+
+
+# --------------------------------------------------------------------------------------------
+# ELF output (-E)
+
+
+def test_elf_output_synthetic(tmp_path: Path) -> None:
+    src = _synth(tmp_path)
+    out = tmp_path / "o.elf"
+    with open_dump(src) as s:
+        res = write_dump_file(s, level0_bitmaps(s, 1), str(out), WriteOptions(), elf=True)
+        assert res.zero_pages == 2
+        with open_dump(out) as e:
+            assert e.info.format.startswith("elf")
+            assert [(n.name, n.type) for n in e.notes] == [(n.name, n.type) for n in s.notes]
+            for pfn in [0, 1, 2, 5, 6, 16, 17]:
+                assert e.read(pfn * PS, PS) == s.read(pfn * PS, PS)
+            segs = e.segments            # type: ignore[attr-defined]
+            # pfns 3-4 are zero: not stored, the p_memsz tail of the segment of pfns 0-2
+            assert any(g.p_paddr == 0 and g.p_filesz == 3 * PS and g.p_memsz == 5 * PS
+                       for g in segs)
+            assert sum(g.p_filesz for g in segs) == 7 * PS + 0x800     # pfns 0-2, 5-6, 16-17, half 18
+            with pytest.raises(NotInDumpError):
+                e.read(8 * PS, PS)
+
+
+def test_elf_output_readers(fixture: Fixture, tmp_path: Path) -> None:
+    if fixture.name not in ("bookworm", "bullseye"):
+        pytest.skip("ELF output checked on the 5.10 and 6.1 fixtures (crash supports them)")
+    src_path, vmlinux = fixture.path("vmcore"), fixture.path("vmlinux_dbg")
+    assert src_path is not None
+    out = tmp_path / "o.elf"
+    r = _cli("-E", "-d", "31", "--message-level", "0", str(src_path), str(out))
+    assert r.returncode == 0, r.stderr
+    with open_dump(src_path) as s, open_dump(out) as e:
+        assert e.vmcoreinfo == s.vmcoreinfo
+        kept = [g for g in e.segments if g.p_filesz]       # type: ignore[attr-defined]
+        rng = np.random.default_rng(4)
+        for g in rng.choice(len(kept), size=min(40, len(kept)), replace=False).tolist():
+            seg = kept[g]
+            paddr = seg.p_paddr + seg.p_filesz // PS // 2 * PS
+            if s.contains(paddr, PS) and seg.p_filesz >= PS:
+                assert e.read(paddr, PS) == s.read(paddr, PS)
+        assert e.total_bytes() < s.total_bytes()
+    if os.access(MAKEDUMPFILE, os.X_OK):
+        m = _makedumpfile_ok(["--dump-dmesg", str(out), str(tmp_path / "dmesg.txt")])
+        assert m.returncode == 0, m.stdout + m.stderr
+        assert f"Linux version {fixture.release}" in (tmp_path / "dmesg.txt").read_text(
+            errors="replace")
+    if vmlinux is not None:
+        drgn = pytest.importorskip("drgn")
+        prog = drgn.Program()
+        prog.set_core_dump(str(out))
+        prog.load_debug_info([str(vmlinux)])
+        assert prog["init_uts_ns"].name.release.string_().decode() == fixture.release
+        if CRASH is not None:
+            c = subprocess.run([CRASH, "-s", str(vmlinux), str(out)], input="sys\nlog\nq\n",
+                               capture_output=True, text=True, timeout=600)
+            assert "read error" not in c.stdout + c.stderr
+            assert f"RELEASE: {fixture.release}" in c.stdout
 
 
 # --------------------------------------------------------------------------------------------
