@@ -202,6 +202,25 @@ def test_drgn_reads_our_dump(fixture: Fixture, outdir: Path) -> None:
     assert prog["init_uts_ns"].name.release.string_().decode() == fixture.release
 
 
+@pytest.mark.parametrize("codec", ["lzo", "zstd"])
+def test_drgn_reads_other_codecs(fixture: Fixture, codec: str, outdir: Path) -> None:
+    """libkdumpfile decodes our LZO and zstd pages (one fixture suffices)."""
+    if fixture.name != "bookworm":
+        pytest.skip("one fixture is enough for the codecs")
+    drgn = pytest.importorskip("drgn")
+    path = _written(fixture, codec, 31, outdir)
+    src_path = fixture.path("vmcore")
+    assert src_path is not None
+    prog = drgn.Program()
+    prog.set_core_dump(str(path))
+    with open_dump(src_path) as src, open_dump(path) as out:
+        assert isinstance(out, DiskDump)
+        dumped = out.is_dumped(np.arange(out.max_mapnr, dtype=np.int64))
+        for pfn in _sample(dumped, 30, seed=6).tolist():
+            if src.contains(pfn * PS, PS):
+                assert prog.read(pfn * PS, PS, True) == src.read(pfn * PS, PS)
+
+
 def _makedumpfile_ok(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([MAKEDUMPFILE, *args], capture_output=True, text=True, timeout=600)
 
