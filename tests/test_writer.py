@@ -524,3 +524,8 @@ def test_enospc_leaves_incomplete_readable_dump(small_tmpfs: Path) -> None:
         assert later.size > 0
         with pytest.raises(NotInDumpError):
             dd.read_page(int(later[-1]) + last)
+    vmlinux = fx.path("vmlinux_dbg") if fx else None
+    if CRASH is not None and vmlinux is not None:
+        c = subprocess.run([CRASH, "-s", str(vmlinux), str(out)], input="q\n",
+                           capture_output=True, text=True, timeout=600)
+        assert "This dumpfile is incomplete" in c.stdout + c.stderr

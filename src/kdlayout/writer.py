@@ -458,7 +458,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                 f.cancel()
             flush_descs()                  # into the reserved table: cannot run out of space
             res.incomplete = True
-            res.error = f"{exc.strerror} (output offset {cursor:#x})"
+            res.error = str(exc.strerror)
             sink.pwrite(pack_header(replace(
                 header, status=header.status | codecs.DUMP_DH_COMPRESSED_INCOMPLETE)), 0)
             with contextlib.suppress(OSError):
