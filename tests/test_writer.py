@@ -177,6 +177,24 @@ def test_level31_matches_makedumpfile(fixture: Fixture, outdir: Path) -> None:
         assert ours.is_dumped(np.arange(n, ours.max_mapnr, dtype=np.int64)).sum() == 0
 
 
+def test_refilter_our_own_output(fixture: Fixture, outdir: Path, tmp_path: Path) -> None:
+    """A kdump-compressed input (our -d 0) refiltered at -d 31 keeps what the direct -d 31 of
+    the vmcore keeps, with the same page contents."""
+    if fixture.name != "bullseye":
+        pytest.skip("one fixture is enough for refiltering")
+    level0 = _written(fixture, "zlib", 0, outdir)
+    direct = _written(fixture, "zlib", 31, outdir)
+    out = tmp_path / "refiltered.kdump"
+    with open_dump(level0) as d:
+        write_dump_file(d, _bitmaps(d, 31), str(out), WriteOptions())
+    with open_dump(out) as a, open_dump(direct) as b:
+        assert isinstance(a, DiskDump) and isinstance(b, DiskDump)
+        pfns = np.arange(min(a.max_mapnr, b.max_mapnr), dtype=np.int64)
+        assert (a.is_dumped(pfns) == b.is_dumped(pfns)).all()
+        for pfn in _sample(a.is_dumped(pfns), 50, seed=11).tolist():
+            assert a.read_page(pfn) == b.read_page(pfn)
+
+
 # --------------------------------------------------------------------------------------------
 # Independent readers
 
