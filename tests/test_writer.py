@@ -395,6 +395,20 @@ def test_refuses_output_equal_to_input(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hard", "link", "synth.core"]
 
 
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    src = _synth(tmp_path)
+    out = tmp_path / "out.kdump"
+    out.write_bytes(b"keep me")
+    r = _cli("-c", "--message-level", "0", str(src), str(out))
+    assert r.returncode != 0 and b"exists" in r.stderr
+    assert out.read_bytes() == b"keep me"
+    r = _cli("-f", "-c", "--message-level", "0", str(src), str(out))
+    assert r.returncode == 0, r.stderr
+    with open_dump(out) as dd, open_dump(src) as s:
+        assert dd.read(PS, PS) == s.read(PS, PS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.kdump", "synth.core"]
+
+
 def test_failure_leaves_no_file(tmp_path: Path) -> None:
     src = _synth(tmp_path)
     out = tmp_path / "out.kdump"

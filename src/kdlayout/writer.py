@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import mmap
 import os
 import re
@@ -485,10 +486,31 @@ def same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def _publish(tmp: str, path: str, overwrite: bool) -> None:
+    """Give the finished temporary file its final name (no clobbering unless ``overwrite``)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KdlayoutError("file appeared while writing; refusing to overwrite it",
+                            path=path) from None
+    except OSError as exc:             # no hard links here (vfat, some FUSE): check, rename
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            raise KdlayoutError("file appeared while writing; refusing to overwrite it",
+                                path=path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: WriteOptions, *,
                     input_path: str | None = None,
                     progress: Callable[[int, int], None] | None = None,
-                    elf: bool = False) -> WriteResult:
+                    elf: bool = False, overwrite: bool = False) -> WriteResult:
     """Write the image to ``path`` safely: a mode-0600 temporary file in the same directory,
     renamed over ``path`` when complete.
 
@@ -496,10 +518,14 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
     :class:`IncompleteDumpError` is raised; on any other error the temporary file is removed.
     Refuses a ``path`` that is the input file. ``elf``: write an ELF core (:func:`write_elf`)
     instead; an ELF output that runs out of space is removed (ELF has no incomplete flag).
+    An existing ``path`` is refused unless ``overwrite`` (makedumpfile's ``-f``); without it the
+    final name is taken with ``link()``, so a file that appeared meanwhile is not clobbered.
     """
     src = input_path or dump.info.path
     if same_file(src, path):
         raise KdlayoutError("refusing to overwrite the input dump", path=path)
+    if not overwrite and os.path.lexists(path):
+        raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
                                dir=directory)
@@ -515,7 +541,7 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
         if res.incomplete:            # drop the half-written chunk: frees space, clean tail
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, res.size)
-        os.replace(tmp, path)
+        _publish(tmp, path, overwrite)
         with contextlib.suppress(OSError):
             dfd = os.open(directory, os.O_RDONLY)
             try:

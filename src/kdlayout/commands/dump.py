@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="write the flattened format to stdout (no DUMPFILE)")
     p.add_argument("-E", dest="elf", action="store_true",
                    help="ELF output: the input's notes and one PT_LOAD per run of kept pages")
+    p.add_argument("-f", dest="force", action="store_true",
+                   help="overwrite DUMPFILE if it exists (refused otherwise)")
     p.add_argument("--num-threads", type=int, default=2, metavar="N",
                    help="compression threads (default 2)")
     p.add_argument("-x", dest="vmlinux", metavar="VMLINUX",
@@ -137,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             try:
                 res = write_dump_file(dump, bm, str(args.dumpfile), opts, input_path=args.vmcore,
-                                      progress=prog, elf=args.elf)
+                                      progress=prog, elf=args.elf,
+                                      overwrite=args.force)
             except IncompleteDumpError:
                 if ml & ML_COMMON:
                     sys.stderr.write("\nThe dumpfile is incomplete: not enough space.\n")
