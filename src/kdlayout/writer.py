@@ -294,6 +294,11 @@ def _release(pages: np.ndarray) -> None:
         return
     if isinstance(base, memoryview) and not isinstance(base.obj, mmap.mmap):
         return
+    # only read-only (file, ACCESS_READ) mappings: dropping pages of a writable or anonymous
+    # mapping would lose data
+    with memoryview(base) as mv:
+        if not mv.readonly:
+            return
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     ps = mmap.PAGESIZE
