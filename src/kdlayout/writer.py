@@ -28,7 +28,6 @@ import ctypes.util
 import errno
 import mmap
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -53,9 +52,11 @@ from .diskdump import (
 )
 from .diskdump_write import FileSink, OutOfSpace, Sink, make_header, pack_header, pack_sub_header
 from .errors import KdlayoutError, NotInDumpError, UnsupportedError
+from .kimage import KernelImage
 from .layout import Layout
 from .notes import Note
 from .physmem import PhysicalMemory
+from .vmcoreinfo import VmcoreInfo
 
 #: Pages per unit of work handed to a compression thread.
 DEFAULT_CHUNK_PAGES: Final = 256
@@ -63,10 +64,6 @@ DEFAULT_CHUNK_PAGES: Final = 256
 _DESC_BATCH: Final = 1 << 14
 #: NT_PRSTATUS.
 _NT_PRSTATUS: Final = 1
-_PHYS_BASE_RE: Final = re.compile(rb"^NUMBER\(phys_base\)=(-?\d+)$", re.M)
-_OSRELEASE_RE: Final = re.compile(rb"^OSRELEASE=(.*)$", re.M)
-_UTS_SYMBOL_RE: Final = re.compile(rb"^SYMBOL\(init_uts_ns\)=([0-9a-fA-F]+)$", re.M)
-_X86_64_START_KERNEL_MAP: Final = 0xFFFFFFFF80000000
 _MASK64: Final = 0xFFFFFFFFFFFFFFFF
 _UTS_FIELD: Final = 65
 
@@ -173,25 +170,26 @@ def serialize_notes(notes: list[Note] | tuple[Note, ...]) -> tuple[bytes, int | 
     return bytes(out), vmci_off, vmci_size
 
 
-def _phys_base(vmcoreinfo: bytes | None) -> int:
-    m = _PHYS_BASE_RE.search(vmcoreinfo or b"")
-    return int(m.group(1)) & _MASK64 if m else 0
+def _vmcoreinfo(dump: PhysicalMemory) -> VmcoreInfo | None:
+    raw = dump.vmcoreinfo
+    return VmcoreInfo.parse(raw, path=dump.info.path) if raw else None
 
 
-def _utsname(dump: PhysicalMemory) -> Utsname:
+def _phys_base(vmci: VmcoreInfo | None) -> int:
+    value = vmci.phys_base if vmci is not None else None
+    return 0 if value is None else value
+
+
+def _utsname(dump: PhysicalMemory, vmci: VmcoreInfo | None) -> Utsname:
     """The crashed kernel's utsname: ``init_uts_ns`` read from memory where VMCOREINFO names it
     (libkdumpfile, hence drgn, needs a plausible one), else OSRELEASE and the dump's arch."""
-    vmci = dump.vmcoreinfo or b""
-    m = _OSRELEASE_RE.search(vmci)
-    release = m.group(1).decode("utf-8", "replace").strip() if m else (dump.info.release or "")
+    release = ((vmci.osrelease if vmci is not None else None) or dump.info.release or "").strip()
     fallback = Utsname("Linux", "(none)", release, "", dump.info.arch, "(none)")
-    sym = _UTS_SYMBOL_RE.search(vmci)
-    if sym is None or dump.info.arch != "x86_64":
+    uts = vmci.symbol("init_uts_ns") if vmci is not None else None
+    if uts is None or dump.info.arch != "x86_64":
         return fallback
-    # x86_64 __pa_symbol(): the kernel-text mapping is offset by phys_base
-    pa = (int(sym.group(1), 16) - _X86_64_START_KERNEL_MAP + _phys_base(vmci)) & _MASK64
     try:
-        raw = dump.read(pa, 8 + 6 * _UTS_FIELD)
+        raw = KernelImage(dump, vmci).read(uts, 8 + 6 * _UTS_FIELD)
     except KdlayoutError:
         return fallback
     for off in (0, 4, 8):          # struct uts_namespace: name first, or after a kref
@@ -370,13 +368,15 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
     lay = plan_image(ps, len(note_bytes), bm.max_pfn, dumped_total)
     nr_cpus = sum(1 for n in notes if n.type == _NT_PRSTATUS and n.name == "CORE") \
         or (dump.info.nr_cpus or 1)
-    header = make_header(utsname=_utsname(dump), timestamp=time.time() if opts.timestamp is None else opts.timestamp,
+    vmci = _vmcoreinfo(dump)
+    stamp = time.time() if opts.timestamp is None else opts.timestamp
+    header = make_header(utsname=_utsname(dump, vmci), timestamp=stamp,
                          status=opts.compression, block_size=ps, sub_hdr_size=lay.sub_hdr_size,
                          bitmap_blocks=lay.bitmap_blocks, max_mapnr=min(bm.max_pfn, 0xFFFFFFFF),
                          nr_cpus=nr_cpus)
     note_off = ps + SUB_HEADER_SIZE
     sub = KdumpSubHeader(
-        phys_base=_phys_base(dump.vmcoreinfo), dump_level=bm.dump_level, split=0,
+        phys_base=_phys_base(vmci), dump_level=bm.dump_level, split=0,
         start_pfn=0, end_pfn=0,
         offset_vmcoreinfo=note_off + vmci_off if vmci_off is not None else 0,
         size_vmcoreinfo=vmci_size, offset_note=note_off, size_note=len(note_bytes),
