@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import cachetools
 
 from ..errors import CorruptError, KdlayoutError, MissingDataError, UnsupportedError
+from ..vmlinuz import elf_sections
 from .base import MemberLocation
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
@@ -327,52 +328,22 @@ ELFCOMPRESS_ZSTD = 2
 
 
 def read_elf_sections(buf: Buffer, path: str) -> dict[str, ElfSection]:
-    """Section headers of a little-endian ELF64 file, by name.
+    """Section headers of a little-endian ELF64 file, by name (the first of a repeated name).
 
-    Raises :class:`CorruptError` for a non-ELF, truncated or inconsistent file and
-    :class:`UnsupportedError` for ELF32 or big-endian files.
+    The section table is parsed by :func:`kdlayout.vmlinuz.elf_sections`; DWARF is only read
+    from little-endian ELF64 here. Raises :class:`CorruptError` for a non-ELF, truncated or
+    inconsistent file and :class:`UnsupportedError` for ELF32 or big-endian files.
     """
-    size = len(buf)
-    if size < 64 or bytes(buf[0:4]) != b"\x7fELF":
+    if len(buf) < 64 or bytes(buf[0:4]) != b"\x7fELF":
         raise CorruptError("not an ELF file (no \\x7fELF magic)", path=path, offset=0)
     if buf[4] != 2:
         raise UnsupportedError(f"ELF class {buf[4]} is not ELF64", path=path, offset=4)
     if buf[5] != 1:
         raise UnsupportedError("big-endian ELF is not supported", path=path, offset=5)
-    shoff, = struct.unpack_from("<Q", buf, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", buf, 0x3A)
-    if shoff == 0:
-        raise MissingDataError("ELF file has no section headers", path=path, offset=0x28)
-    if shentsize < 64:
-        raise CorruptError(f"ELF e_shentsize {shentsize} is smaller than 64", path=path,
-                           offset=0x3A)
-    if shoff + 64 > size:
-        raise CorruptError(f"section header table at {shoff:#x} is past the end of the "
-                           f"{size:#x}-byte file (truncated?)", path=path, offset=shoff)
-    if shnum == 0:  # more than 0xff00 sections: the real count is in section 0's sh_size
-        shnum, = struct.unpack_from("<Q", buf, shoff + 0x20)
-    if shstrndx == 0xFFFF:
-        shstrndx, = struct.unpack_from("<I", buf, shoff + 0x28)
-    end = shoff + shnum * shentsize
-    if end > size:
-        raise CorruptError(f"{shnum} section headers end at {end:#x}, past the end of the "
-                           f"{size:#x}-byte file (truncated?)", path=path, offset=shoff)
-    raw = [struct.unpack_from("<IIQQQQ", buf, shoff + i * shentsize) for i in range(shnum)]
-    if shstrndx >= shnum:
-        raise CorruptError(f"e_shstrndx {shstrndx} >= {shnum} sections", path=path, offset=0x3E)
-    _n, stype, _f, _a, str_off, str_size = raw[shstrndx]
-    if str_off + str_size > size:
-        raise CorruptError("section name table runs past the end of the file (truncated?)",
-                           path=path, offset=str_off)
-    names = bytes(buf[str_off:str_off + str_size])
     out: dict[str, ElfSection] = {}
-    for i, (name_off, stype, flags, _addr, off, ssize) in enumerate(raw):
-        nul = names.find(b"\0", name_off)
-        if name_off >= len(names) or nul < 0:
-            raise CorruptError(f"section {i} name offset {name_off:#x} is outside the name table",
-                               path=path, offset=shoff + i * shentsize)
-        name = names[name_off:nul].decode("latin-1")
-        out.setdefault(name, ElfSection(name, stype, flags, off, ssize))
+    for sec in elf_sections(memoryview(buf), source=path):
+        out.setdefault(sec.name, ElfSection(sec.name, sec.sh_type, sec.sh_flags, sec.sh_offset,
+                                            sec.sh_size))
     return out
 
 
