@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from cachetools import LRUCache
 
+from .cpath import parse_member_path
 from .errors import CorruptError, KdlayoutError, MissingDataError, UnsupportedError
 
 if TYPE_CHECKING:
@@ -1077,15 +1078,10 @@ class Btf:
         bits = 0
         member_type = cur
         comps = path.split(".")
-        for n, comp in enumerate(comps):
-            idx: list[int] = []
-            if "[" in comp:
-                head, _, rest = comp.partition("[")
-                try:
-                    idx = [int(x, 0) for x in rest.rstrip("]").split("][")]
-                except ValueError:
-                    raise MissingDataError(f"bad member path {path!r}", path=self.source) from None
-                comp = head
+        designators = parse_member_path(path)
+        if designators is None:
+            raise MissingDataError(f"bad member path {path!r}", path=self.source)
+        for n, (comp, idx) in enumerate(designators):
             if cur == 0 or self.kind(cur) not in _COMPOSITE_KINDS:
                 raise MissingDataError(f"{'.'.join(comps[:n])!r} of {struct!r} is not a struct "
                                        f"or union", path=self.source)

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 import cachetools
 
+from ..cpath import parse_member_path
 from ..errors import CorruptError, KdlayoutError, MissingDataError, UnsupportedError
 from ..vmlinuz import elf_sections
 from .base import MemberLocation
@@ -1534,14 +1535,10 @@ class DwarfTypeSource:
                 return None
             bits = 0
             comps = path.split(".")
-            for n, comp in enumerate(comps):
-                idx: list[int] = []
-                if "[" in comp:
-                    comp, _, rest = comp.partition("[")
-                    try:
-                        idx = [int(x, 0) for x in rest.rstrip("]").split("][")]
-                    except ValueError:
-                        return None
+            designators = parse_member_path(path)
+            if designators is None:
+                return None
+            for n, (comp, idx) in enumerate(designators):
                 if cur is None or cur.tag not in _COMPOSITE_TAGS:
                     return None
                 found = self._find_member(cur, comp)
@@ -1752,14 +1749,10 @@ class DrgnTypeSource:
         bits = 0
         m = None
         mt = None
-        for comp in path.split("."):
-            idx: list[int] = []
-            if "[" in comp:
-                comp, _, rest = comp.partition("[")
-                try:
-                    idx = [int(x, 0) for x in rest.rstrip("]").split("][")]
-                except ValueError:
-                    return None
+        designators = parse_member_path(path)
+        if designators is None:
+            return None
+        for comp, idx in designators:
             while t.kind == drgn.TypeKind.TYPEDEF:
                 t = t.type
             if t.kind not in (drgn.TypeKind.STRUCT, drgn.TypeKind.UNION):
