@@ -333,21 +333,26 @@ def build_initrds(work: Path, crashed: KernelTree, capture: KernelTree, init_var
 # QEMU control
 
 
+def _connect_unix(path: Path, timeout: float) -> socket.socket:
+    """Connect to the unix socket QEMU is about to create, retrying until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 class QMP:
     """Minimal QMP client over a unix socket (events are queued)."""
 
     def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        self.sock = _connect_unix(path, timeout)
         self.sock.settimeout(600)
         self.buf = b""
         self.events: list[dict[str, Any]] = []
@@ -390,17 +395,7 @@ class Serial:
     """Reads the guest serial console from a unix socket into a log file and a line queue."""
 
     def __init__(self, path: Path, logfile: Path, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        self.sock = _connect_unix(path, timeout)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.all_lines: list[str] = []
         self.log = open(logfile, "wb")  # noqa: SIM115 - closed by the reader thread
