@@ -12,8 +12,9 @@ import sys
 
 from ..dumpfile import open_dump
 from ..errors import KdlayoutError
-from ..resolver import ResolveOptions, resolve
+from ..resolver import resolve
 from ..sources.db import default_db_dir, list_entries, read_entry, write_entry
+from .common import add_source_arguments, resolve_options
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,10 +28,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                        "the dump, and the files given) and write it to the "
                                        "database as <release>/<build-id>.json.")
     add.add_argument("vmcore", metavar="VMCORE")
-    add.add_argument("--vmlinux", metavar="F", help="vmlinux with DWARF of the crashed kernel")
-    add.add_argument("--btf", metavar="F", help="BTF: raw, a vmlinux .BTF section, or a vmlinuz")
-    add.add_argument("--headers", metavar="DIR", help="linux-headers tree of the crashed kernel")
-    add.add_argument("-i", "--vmcoreinfo", metavar="FILE", help="VMCOREINFO text file")
+    # The database itself is never a source of its own entries, and a new entry is never
+    # taken from the layout cache.
+    add_source_arguments(add, db=False, cache=False)
     add.add_argument("--db", metavar="DIR", help=f"database directory (default {default_db_dir()})")
     add.set_defaults(func=run_add)
     check = dbsub.add_parser("check", help="validate every entry of a database")
@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_add(args: argparse.Namespace) -> int:
     """Resolve ``args.vmcore`` and write its entry; prints the entry path and fact counts."""
-    options = ResolveOptions(vmlinux=args.vmlinux, btf=args.btf, headers=args.headers,
-                             vmcoreinfo=args.vmcoreinfo, db=None, use_cache=False)
+    options = resolve_options(args)
+    options.db, options.use_cache = None, False
     with open_dump(args.vmcore) as dump:
         result = resolve(dump, options)
         arch = dump.info.arch or "x86_64"

@@ -13,8 +13,9 @@ import numpy as np
 from ..dumpfile import open_dump
 from ..memmodel import build_memmap
 from ..png import write_indexed
-from ..resolver import ResolveOptions, resolve
+from ..resolver import resolve
 from ..scanner import CLASS_NAMES, ScanResult, primary_classes, scan
+from .common import add_source_arguments, resolve_options
 
 #: Palette of ``--png``: index -> (name, RGB). Documented in docs/scanner.md.
 PNG_CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -58,8 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--window", type=int, metavar="PAGES",
                    help="scan this many pfns at a time, keeping only 2 bits per page")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="worker threads (2)")
-    p.add_argument("--vmlinux", metavar="F", help="vmlinux with DWARF of the crashed kernel")
-    p.add_argument("--no-cache", action="store_true", help="ignore the on-disk layout cache")
+    add_source_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     with open_dump(args.vmcore) as dump:
         timings["open"] = time.perf_counter() - t0
         t = time.perf_counter()
-        result = resolve(dump, ResolveOptions(vmlinux=args.vmlinux, use_cache=not args.no_cache))
+        result = resolve(dump, resolve_options(args))
         timings["resolve"] = time.perf_counter() - t
         t = time.perf_counter()
         memmap = build_memmap(dump, result.layout)
