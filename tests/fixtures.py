@@ -62,8 +62,19 @@ class Fixture:
         return p if p.exists() else None
 
 
-def load_fixtures(cache: Path | None = None) -> list[Fixture]:
-    """All complete fixtures under the cache, sorted by name (empty list if none)."""
+#: Guest size of the test matrix; bigger guests (benchmark fixtures, e.g. 16 GiB) are left out of
+#: the tests unless $KDLAYOUT_BIG_FIXTURES is 1, so a benchmark fixture never slows the suite.
+MATRIX_MEM_MIB = 1024
+
+
+def load_fixtures(cache: Path | None = None, *, include_big: bool | None = None) -> list[Fixture]:
+    """All complete fixtures under the cache, sorted by name (empty list if none).
+
+    Fixtures of guests bigger than :data:`MATRIX_MEM_MIB` count only with ``include_big`` (default:
+    $KDLAYOUT_BIG_FIXTURES == "1").
+    """
+    if include_big is None:
+        include_big = os.environ.get("KDLAYOUT_BIG_FIXTURES") == "1"
     root = (cache or cache_dir()) / "fixtures"
     out: list[Fixture] = []
     if not root.is_dir():
@@ -74,6 +85,8 @@ def load_fixtures(cache: Path | None = None) -> list[Fixture]:
         except (OSError, json.JSONDecodeError):
             continue
         if not isinstance(manifest, dict) or "release" not in manifest:
+            continue
+        if not include_big and int(manifest.get("guest_mem_mib", MATRIX_MEM_MIB)) > MATRIX_MEM_MIB:
             continue
         out.append(Fixture(str(manifest.get("name", m.parent.name)), str(manifest.get("suite", "")),
                            str(manifest["release"]), m.parent, manifest))

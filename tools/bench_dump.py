@@ -45,7 +45,7 @@ class Run(NamedTuple):
 def _largest_fixture() -> Path | None:
     from fixtures import load_fixtures
 
-    cores = [p for f in load_fixtures() if (p := f.path("vmcore")) is not None]
+    cores = [p for f in load_fixtures(include_big=True) if (p := f.path("vmcore")) is not None]
     return max(cores, key=lambda p: p.stat().st_size, default=None)
 
 

@@ -562,7 +562,8 @@ def run_makedumpfile(fdir: Path, files: dict[str, str | None], cache: Path, timi
 
 
 def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg: bool,
-                  kernels: dict[str, deb.KernelChoice], force: bool = False) -> dict[str, Any]:
+                  kernels: dict[str, deb.KernelChoice], force: bool = False,
+                  qemu_dumps: bool = True) -> dict[str, Any]:
     """Build one fixture end to end; returns its manifest."""
     fdir = cache / "fixtures" / job.name
     if _is_complete(fdir) and not force:
@@ -653,7 +654,8 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
         timings["balloon"] = round(time.monotonic() - t, 1)
         time.sleep(1)
         # QEMU's own dumps (guest keeps running afterwards)
-        for key, fmt, fname in (("qemu_elf", "elf", "qemu.elf"), ("qemu_kdump", "kdump-zlib", "qemu-kdump.flat")):
+        for key, fmt, fname in (("qemu_elf", "elf", "qemu.elf"), ("qemu_kdump", "kdump-zlib", "qemu-kdump.flat")
+                                ) if qemu_dumps else ():
             t = time.monotonic()
             qmp.execute("dump-guest-memory",
                         {"paging": False, "protocol": f"file:{fdir / fname}", "detach": True, "format": fmt})
@@ -784,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dbg", action="store_true", help="also fetch the -dbg vmlinux (0.8-1.2 GB .deb each)")
     ap.add_argument("--mem", type=int, default=1024, help="guest RAM in MiB (default 1024)")
     ap.add_argument("--workload-mib", type=int, default=None, help="workload size in MiB (default mem/4)")
+    ap.add_argument("--no-qemu-dumps", action="store_true",
+                    help="skip QEMU's own ELF and kdump dumps (saves a guest-sized file each on big guests)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel QEMU builds (default 2)")
     ap.add_argument("--cache", default=None, help="cache dir (default $KDLAYOUT_CACHE or ~/.cache/kdlayout)")
     ap.add_argument("--list", action="store_true", help="print the chosen packages and exit")
@@ -825,7 +829,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
         futs = {
-            ex.submit(build_fixture, j, cache, args.mem, args.workload_mib, args.dbg, kernels, args.force): j
+            ex.submit(build_fixture, j, cache, args.mem, args.workload_mib, args.dbg, kernels, args.force,
+                      not args.no_qemu_dumps): j
             for j in jobs
         }
         for fut in concurrent.futures.as_completed(futs):
