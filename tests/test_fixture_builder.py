@@ -185,6 +185,12 @@ def test_fixture_name_and_workload_parsing() -> None:
     assert build_fixtures.fixture_name("bookworm", "bookworm", 1024) == "bookworm"
     assert build_fixtures.fixture_name("trixie", "bookworm", 1024) == "trixie-cap-bookworm"
     assert build_fixtures.fixture_name("sid", "sid", 16384) == "sid-16384m"
+    jobs = {j.name: j for j in build_fixtures.variant_jobs(1024)}
+    assert jobs["trixie-la57"].cpu == "max,la57=on" and jobs["trixie-la57"].paging_levels == 5
+    assert jobs["trixie-cap-bookworm"].cpu == build_fixtures.DEFAULT_CPU == "max,la57=off"
+    # a bigger guest of a same-suite variant must not take the plain suite's name
+    assert {j.name for j in build_fixtures.variant_jobs(4096)} == {
+        "trixie-cap-bookworm-4096m", "trixie-la57-4096m"}
     lines = [
         'garbage KDL-INFO {"kind":"anon","pid":5,"pfns":[1,2]}',
         "[   12.3] kernel line",
@@ -196,6 +202,16 @@ def test_fixture_name_and_workload_parsing() -> None:
     assert w["anon"] == {"pid": 5, "pfns": [1, 2]}
     assert w["hwpoison"] == [{"pfns": [7]}, {"pfns": [8]}]
     assert "broken" not in w
+
+
+def test_vmcore_paging_levels(tmp_path: Path) -> None:
+    core = tmp_path / "vmcore"
+    core.write_bytes(b"\x7fELF" + b"\0" * 60 + b"OSRELEASE=6.12\nNUMBER(pgtable_l5_enabled)=1\nKERNELOFFSET=0\n")
+    assert build_fixtures.vmcore_paging_levels(core) == 5
+    core.write_bytes(b"\x7fELF NUMBER(pgtable_l5_enabled)=0\n")
+    assert build_fixtures.vmcore_paging_levels(core) == 4
+    core.write_bytes(b"\x7fELF OSRELEASE=5.10\n")
+    assert build_fixtures.vmcore_paging_levels(core) is None
 
 
 def test_load_fixtures_reads_manifests(tmp_path: Path) -> None:

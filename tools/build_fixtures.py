@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -42,7 +42,24 @@ import peers
 
 BUILDER_VERSION = 1
 SUITES = ("bullseye", "bookworm", "trixie", "sid")
-VARIANTS = {"trixie-cap-bookworm": ("trixie", "bookworm")}
+#: QEMU -cpu of the matrix: LA57 off, so Debian's CONFIG_X86_5LEVEL kernels run with 4 levels.
+DEFAULT_CPU = "max,la57=off"
+
+
+class Variant(NamedTuple):
+    """A fixture beside the per-suite matrix: another capture kernel and/or another guest CPU."""
+
+    suite: str                      # the crashed kernel's suite
+    capture_suite: str              # the kdump capture kernel's suite
+    cpu: str = DEFAULT_CPU          # QEMU -cpu
+    paging_levels: int | None = None  # required NUMBER(pgtable_l5_enabled) outcome, if any
+
+
+VARIANTS: dict[str, Variant] = {
+    "trixie-cap-bookworm": Variant("trixie", "bookworm"),
+    # An LA57 CPU: Debian kernels (CONFIG_X86_5LEVEL=y) switch to 5-level paging at boot.
+    "trixie-la57": Variant("trixie", "trixie", cpu="max,la57=on", paging_levels=5),
+}
 TOOLS = Path(__file__).resolve().parent
 GUEST = TOOLS / "guest"
 CRASHKERNEL_MIB = 256
@@ -487,6 +504,28 @@ class Job:
     name: str
     suite: str
     capture_suite: str
+    cpu: str = DEFAULT_CPU
+    paging_levels: int | None = None
+
+
+def variant_jobs(mem: int) -> list[Job]:
+    """The variants as jobs; guests other than 1024 MiB get a ``-<mem>m`` suffix."""
+    return [Job(name if mem == 1024 else f"{name}-{mem}m", v.suite, v.capture_suite, v.cpu,
+                v.paging_levels) for name, v in VARIANTS.items()]
+
+
+def vmcore_paging_levels(path: Path, limit: int = 1 << 20) -> int | None:
+    """4 or 5 from VMCOREINFO ``NUMBER(pgtable_l5_enabled)`` in an ELF vmcore, else None.
+
+    kexec's /proc/vmcore puts its notes right after the program headers, so the first ``limit``
+    bytes hold the VMCOREINFO note.  x86_64 writes the number only with CONFIG_X86_5LEVEL.
+    """
+    with open(path, "rb") as f:
+        head = f.read(limit)
+    m = re.search(rb"NUMBER\(pgtable_l5_enabled\)=(\d+)\n", head)
+    if m is None:
+        return None
+    return 5 if int(m.group(1)) else 4
 
 
 def fixture_name(suite: str, capture_suite: str, mem: int) -> str:
@@ -612,7 +651,7 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
     console = fdir / "console.log"
     cmdline = f"console=ttyS0 crashkernel={CRASHKERNEL_MIB}M panic=1 loglevel=4"
     qemu = [
-        "qemu-system-x86_64", "-accel", "tcg", "-m", str(mem), "-smp", "2", "-cpu", "max,la57=off",
+        "qemu-system-x86_64", "-accel", "tcg", "-m", str(mem), "-smp", "2", "-cpu", job.cpu,
         "-nographic", "-no-reboot", "-monitor", "none",
         "-kernel", str(crashed.vmlinuz), "-initrd", str(initrd), "-append", cmdline,
         "-device", "vmcoreinfo", "-device", "virtio-balloon-pci",
@@ -693,6 +732,10 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
         if f.read(4) != b"\x7fELF":
             raise RuntimeError(f"{job.name}: vmcore is not ELF")
     files["vmcore"] = "vmcore"
+    levels = vmcore_paging_levels(fdir / "vmcore")
+    if job.paging_levels is not None and levels != job.paging_levels:
+        raise RuntimeError(f"{job.name}: the guest ran with {levels or 'unknown'}-level paging "
+                           f"(VMCOREINFO NUMBER(pgtable_l5_enabled)), {job.paging_levels} wanted")
     lines = serial.all_lines if serial else []
     workload = parse_workload(lines)
     workload.update(info)
@@ -713,6 +756,8 @@ def build_fixture(job: Job, cache: Path, mem: int, workload_mib: int | None, dbg
         "capture_package": capture.package,
         "capture_version": capture.version,
         "guest_mem_mib": mem,
+        "guest_cpu": job.cpu,
+        "paging_levels": levels,
         "crashkernel_mib": CRASHKERNEL_MIB,
         "tools": _tool_versions(cache),
         "builder_version": BUILDER_VERSION,
@@ -801,8 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     suites = list(args.suite or SUITES)
     jobs = [Job(fixture_name(s, s, args.mem), s, s) for s in suites]
     if args.variants or (args.suite is None and not args.no_variants):
-        for vname, (s, c) in VARIANTS.items():
-            jobs.append(Job(fixture_name(s, c, args.mem) if args.mem != 1024 else vname, s, c))
+        jobs += variant_jobs(args.mem)
     needed = sorted({j.suite for j in jobs} | {j.capture_suite for j in jobs}, key=SUITES.index)
     def has_dbg(fdir: Path) -> bool:
         return bool(json.loads((fdir / "manifest.json").read_text()).get("vmlinux_dbg"))
