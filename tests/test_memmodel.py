@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from kdlayout.dumpfile import open_dump
-from kdlayout.errors import MissingDataError, NotInDumpError, UnsupportedError
-from kdlayout.memmodel import PageTables, build_memmap, kernel_page_tables
+from kdlayout.errors import CorruptError, MissingDataError, NotInDumpError, UnsupportedError
+from kdlayout.kimage import START_KERNEL_MAP, in_kernel_image
+from kdlayout.layout import Fact, Layout, Resolution
+from kdlayout.memmodel import PageTables, build_memmap, kernel_page_tables, probe_paging_levels
 from kdlayout.physmem import DumpInfo, MemoryRange, PhysicalMemory
 from kdlayout.resolver import ResolveOptions, resolve
 
@@ -101,6 +103,39 @@ def test_five_level_walk() -> None:
         PageTables(ram, PGD, levels=4).translate(va)
 
 
+def _kernel_image_tables(ram: _Ram, levels: int) -> tuple[int, int]:
+    """The kernel image's mapping as head_64.S builds it: top-level entry 511, then (5 levels)
+    p4d entry 511, pud entry 510, a 2 MiB pmd leaf. Returns (vaddr, paddr) of one image byte."""
+    p4d, pud, pmd = 0x5000, 0x6000, 0x7000
+    if levels == 5:
+        ram.set_entry(PGD, 511, p4d | 0x63)
+        ram.set_entry(p4d, 511, pud | 0x63)
+    else:
+        ram.set_entry(PGD, 511, pud | 0x63)
+    ram.set_entry(pud, 511, 0x8000 | 0x63)        # what the fixmap's pmd would be
+    ram.set_entry(pud, 510, pmd | 0x63)
+    ram.set_entry(pmd, 8, 0x200000 | 0x80 | 0x63)
+    va = START_KERNEL_MAP + 8 * 0x200000 + 0x1234
+    return va, 0x201234
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+def test_probe_tells_4_from_5_levels(levels: int) -> None:
+    ram = _Ram(4 << 20)
+    va, pa = _kernel_image_tables(ram, levels)
+    assert PageTables(ram, PGD, levels=levels).translate(va).paddr == pa
+    assert probe_paging_levels(ram, PGD, [(va, pa)]) == levels
+    # a probe the tables do not confirm at any depth, or none at all: no answer
+    assert probe_paging_levels(ram, PGD, [(va, pa + 0x1000)]) is None
+    assert probe_paging_levels(ram, PGD, []) is None
+
+
+def test_probe_needs_the_tables_in_the_dump() -> None:
+    ram = _Ram(4 << 20, holes=[(0x6000, 0x7000)])
+    va, pa = _kernel_image_tables(ram, 5)
+    assert probe_paging_levels(ram, PGD, [(va, pa)]) is None
+
+
 def test_unmapped_and_missing_tables_are_clear_errors() -> None:
     ram = _Ram(4 << 20, holes=[(PMD, PMD + 0x1000)])
     _four_level(ram)
@@ -130,6 +165,13 @@ def _layout(path: Path) -> Any:
         return resolve(dump, ResolveOptions(use_cache=False)).layout
 
 
+def _direct_map_segments(dump: PhysicalMemory) -> list[Any]:
+    """kexec's PT_LOADs of RAM: kernel-half p_vaddr outside the kernel image. The direct map's
+    base depends on the paging depth and on KASLR, so no base is assumed."""
+    segments: list[Any] = getattr(dump, "segments")  # noqa: B009 - the ELF reader's attribute
+    return [s for s in segments if s.p_vaddr >> 63 and not in_kernel_image(s.p_vaddr) and s.p_filesz]
+
+
 def test_walker_matches_kexec_direct_map_headers(fixture: Any) -> None:
     """kexec's /proc/vmcore describes RAM with direct-map p_vaddr: an independent translation."""
     path = fixture.path("vmcore")
@@ -138,8 +180,9 @@ def test_walker_matches_kexec_direct_map_headers(fixture: Any) -> None:
     with open_dump(str(path)) as dump:
         layout = resolve(dump, ResolveOptions(use_cache=False)).layout
         tables = kernel_page_tables(dump, layout)
-        segs = [s for s in dump.segments if s.p_vaddr >= 0xFFFF_8000_0000_0000
-                and s.p_vaddr < 0xFFFF_FFFF_8000_0000 and s.p_filesz]  # type: ignore[attr-defined]
+        if fixture.manifest.get("paging_levels"):
+            assert tables.levels == fixture.manifest["paging_levels"], tables.levels_origin
+        segs = _direct_map_segments(dump)
         assert segs, "kexec vmcore without direct-map PT_LOADs"
         rng = random.Random(1)
         for _ in range(300):
@@ -189,3 +232,103 @@ def test_struct_pages_equal_drgn(fixture: Any) -> None:
             page = pfn_to_page(prog, pfn)
             ours = dump.read(mm.page_paddr(pfn) or 0, size)
             assert prog.read(page.value_(), size) == ours, f"pfn {pfn:#x}"
+
+
+def _without(layout: Layout, key: str, value: int | None = None) -> Layout:
+    """A copy of ``layout`` without ``key``, or with ``key`` set to ``value``."""
+    out = Layout([r for k, r in layout.items() if k != key], release=layout.release,
+                 build_id=layout.build_id)
+    if value is not None:
+        out.add(Resolution(key, Fact(key, value, "test")))
+    return out
+
+
+def test_paging_levels_from_the_tables_alone(fixture: Any) -> None:
+    """Without NUMBER(pgtable_l5_enabled) the depth comes from the kernel image's own mapping,
+    and a note that contradicts the tables is refused."""
+    path = fixture.path("vmcore")
+    if path is None:
+        pytest.skip(f"{fixture.name} has no kdump vmcore")
+    key = "NUMBER(pgtable_l5_enabled)"
+    with open_dump(str(path)) as dump:
+        layout = resolve(dump, ResolveOptions(use_cache=False)).layout
+        stated = 5 if layout.optional_int(key) else 4
+        probed = kernel_page_tables(dump, _without(layout, key))
+        assert probed.levels == stated
+        assert probed.levels_origin.startswith(f"no {key}; init_top_pgt maps the kernel image")
+        with pytest.raises(CorruptError, match=f"maps the kernel image only as a {stated}-level"):
+            kernel_page_tables(dump, _without(layout, key, 0 if stated == 5 else 1))
+
+
+def _five_level(fixture: Any) -> Path:
+    path: Path | None = fixture.path("vmcore")
+    if fixture.manifest.get("paging_levels") != 5:
+        pytest.skip(f"{fixture.name} was built with {fixture.manifest.get('paging_levels') or 4}-level "
+                    "paging (guest CPU without LA57); trixie-la57 is the 5-level fixture")
+    if path is None:
+        pytest.skip(f"{fixture.name} has no kdump vmcore")
+    return path
+
+
+def test_five_level_fixture_uses_five_levels(fixture: Any) -> None:
+    """The LA57 fixture really runs 5-level paging: the note says so, the tables walk only with
+    five levels, and the direct map lies beyond the 48-bit address space."""
+    path = _five_level(fixture)
+    with open_dump(str(path)) as dump:
+        layout = resolve(dump, ResolveOptions(use_cache=False)).layout
+        assert layout.optional_int("NUMBER(pgtable_l5_enabled)") == 1
+        assert layout.optional_int("NUMBER(MAX_PHYSMEM_BITS)") == 52
+        tables = kernel_page_tables(dump, layout)
+        assert tables.levels == 5
+        assert "walks with as many levels" in tables.levels_origin
+        top = layout.symbol("init_top_pgt")
+        # the tables alone (no VMCOREINFO number) give the same depth
+        assert probe_paging_levels(dump, tables.root, [(top, tables.root)]) == 5
+        four = PageTables(dump, tables.root, levels=4)
+        with pytest.raises(MissingDataError):
+            four.translate(top)
+        segs = _direct_map_segments(dump)
+        assert segs
+        for s in segs:
+            # not canonical with 48 bits: only a 57-bit address space has it
+            assert s.p_vaddr < 0xFFFF_8000_0000_0000, hex(s.p_vaddr)
+            assert tables.translate(s.p_vaddr).paddr == s.p_paddr
+            with pytest.raises(MissingDataError, match="not a canonical address"):
+                four.translate(s.p_vaddr)
+
+
+def test_five_level_translations_equal_drgn(fixture: Any) -> None:
+    """Direct-map, vmemmap, vmalloc and kernel-image addresses translate as drgn's own walker
+    (init_mm's page tables, with the -dbg DWARF) translates them."""
+    path = _five_level(fixture)
+    vmlinux = fixture.path("vmlinux_dbg")
+    if vmlinux is None:
+        pytest.skip(f"{fixture.name}: needs the --dbg vmlinux for drgn")
+    from drgn.helpers.linux.mm import follow_phys, pfn_to_page
+
+    from drgn_oracle import load_program
+
+    prog = load_program(vmlinux, path)
+    init_mm = prog["init_mm"].address_of_()
+    with open_dump(str(path)) as dump:
+        layout = resolve(dump, ResolveOptions(use_cache=False)).layout
+        tables = kernel_page_tables(dump, layout)
+        mm = build_memmap(dump, layout, tables)
+        rng = random.Random(5)
+        vaddrs: list[int] = [layout.symbol("init_top_pgt"), layout.symbol("_stext")]
+        # direct map: page_offset_base is KASLR'd and 5-level dependent, read it from the dump
+        page_offset = int(prog["page_offset_base"].value_())
+        assert page_offset < 0xFFFF_8000_0000_0000
+        for r in dump.ranges():
+            vaddrs += [page_offset + r.start, page_offset + r.end - 8]
+            vaddrs += [page_offset + rng.randrange(r.start, r.end) for _ in range(20)]
+        # vmemmap: struct pages of random pfns
+        for _ in range(50):
+            c = rng.choice(mm.chunks)
+            vaddrs.append(pfn_to_page(prog, c.start_pfn + rng.randrange(c.nr_pages)).value_())
+        # vmalloc: the crashed task's stack (CONFIG_VMAP_STACK), below vmemmap
+        sp = int(prog.crashed_thread().stack_trace()[0].registers()["rsp"])
+        assert int(prog["vmalloc_base"].value_()) <= sp < int(prog["vmemmap_base"].value_())
+        vaddrs.append(sp)
+        for va in vaddrs:
+            assert tables.translate(va).paddr == follow_phys(init_mm, va), hex(va)

@@ -17,7 +17,7 @@ scanner keeps the pages it cannot classify.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import cachetools
@@ -64,12 +64,14 @@ class PageTables:
     """
 
     def __init__(self, mem: PhysicalMemory, root: int, *, levels: int = 4,
-                 sme_mask: int = 0) -> None:
+                 sme_mask: int = 0, levels_origin: str = "given by the caller") -> None:
         if levels not in (4, 5):
             raise UnsupportedError(f"{levels}-level paging is not x86_64", path=mem.info.path)
         self.mem = mem
         self.root = root
         self.levels = levels
+        #: Where :attr:`levels` came from (VMCOREINFO, a probe of the tables, a default).
+        self.levels_origin = levels_origin
         self._addr_mask = _PHYS_MASK & ~sme_mask & _MASK64
         self._tables: cachetools.LRUCache[int, np.ndarray] = cachetools.LRUCache(maxsize=4096)
 
@@ -195,13 +197,68 @@ class MemMap:
         return None
 
 
+def probe_paging_levels(mem: PhysicalMemory, root: int, probes: Sequence[tuple[int, int]], *,
+                        sme_mask: int = 0) -> int | None:
+    """4 or 5: the walk depth under which the tables at ``root`` map every probe correctly.
+
+    ``probes`` are ``(vaddr, paddr)`` pairs known independently of the tables — kernel-image
+    addresses and their ``__pa_symbol()``. The two depths read different entries: the image's
+    top-level entry (index 511) leads to ``level3_kernel_pgt`` with 4 levels and to
+    ``level4_kernel_pgt`` with 5, and walking either as the other hits empty entries (a 4-level
+    walk of 5-level tables reads the p4d table's entry 510; a 5-level walk of 4-level tables
+    reads the fixmap pmd's entry 510). ``None`` when neither or both depths fit, or a table on
+    the way is not in the dump.
+    """
+    if not probes:
+        return None
+    fits: list[int] = []
+    for levels in (4, 5):
+        tables = PageTables(mem, root, levels=levels, sme_mask=sme_mask)
+        try:
+            ok = all(tables.translate(va).paddr == pa for va, pa in probes)
+        except KdlayoutError:
+            ok = False
+        if ok:
+            fits.append(levels)
+    return fits[0] if len(fits) == 1 else None
+
+
 def kernel_page_tables(mem: PhysicalMemory, layout: Layout) -> PageTables:
-    """The crashed kernel's page tables, rooted at ``SYMBOL(init_top_pgt)``."""
+    """The crashed kernel's page tables, rooted at ``SYMBOL(init_top_pgt)``.
+
+    The depth is the kernel's runtime choice (a CONFIG_X86_5LEVEL kernel runs with 4 levels on a
+    CPU without LA57, or with ``no5lvl``): VMCOREINFO ``NUMBER(pgtable_l5_enabled)``, written by
+    x86_64 ``arch_crash_save_vmcoreinfo()``, checked against a walk of the kernel image's own
+    mapping (:func:`probe_paging_levels`), which alone decides when the note lacks the number.
+    A note that contradicts the tables is a :class:`CorruptError`. With neither, 4 levels.
+    """
     image = KernelImage(mem)
     l5 = layout.optional_int("NUMBER(pgtable_l5_enabled)")
     sme = layout.optional_int("NUMBER(sme_mask)") or 0
-    root = image.pa(layout.symbol("init_top_pgt"))
-    return PageTables(mem, root, levels=5 if l5 else 4, sme_mask=sme)
+    top = layout.symbol("init_top_pgt")
+    root = image.pa(top)
+    probes = [(top, root)]
+    if layout.has("SYMBOL(_stext)"):
+        stext = layout.symbol("_stext")
+        probes.append((stext, image.pa(stext)))
+    probed = probe_paging_levels(mem, root, probes, sme_mask=sme)
+    if l5 is not None:
+        stated = 5 if l5 else 4
+        if probed is not None and probed != stated:
+            raise CorruptError(
+                f"VMCOREINFO NUMBER(pgtable_l5_enabled)={l5} means {stated}-level paging, but "
+                f"init_top_pgt at physical {root:#x} maps the kernel image only as a {probed}-level "
+                "table", path=mem.info.path)
+        origin = f"NUMBER(pgtable_l5_enabled)={l5}" + (
+            "; the kernel image's mapping walks with as many levels" if probed else
+            "; not checked: the kernel image's mapping did not walk")
+        return PageTables(mem, root, levels=stated, sme_mask=sme, levels_origin=origin)
+    if probed is not None:
+        return PageTables(mem, root, levels=probed, sme_mask=sme, levels_origin=(
+            f"no NUMBER(pgtable_l5_enabled); init_top_pgt maps the kernel image only as a "
+            f"{probed}-level table"))
+    return PageTables(mem, root, levels=4, sme_mask=sme, levels_origin=(
+        "no NUMBER(pgtable_l5_enabled) and the kernel image's mapping did not walk: 4 assumed"))
 
 
 def build_memmap(mem: PhysicalMemory, layout: Layout,
