@@ -50,7 +50,11 @@ TYPE_QUERIES: tuple[TypeQuery, ...] = (
     TypeQuery("prb_desc", ("state_var", "text_blk_lpos")),
     TypeQuery("prb_data_blk_lpos", ("begin", "next")),
     TypeQuery("prb_data_ring", ("size_bits", "data", "head_lpos", "tail_lpos")),
-    TypeQuery("printk_info", ("seq", "ts_nsec", "text_len", "caller_id", "dev_info")),
+    TypeQuery("printk_info", ("seq", "ts_nsec", "text_len", "caller_id", "dev_info",
+                              "facility", "flags", "level")),
+    # 3.5-5.9 log_buf records (kdlayout.printk); level/facility are not in VMCOREINFO.
+    TypeQuery("printk_log", ("ts_nsec", "len", "text_len", "dict_len", "facility", "flags",
+                             "level", "caller_id")),
     TypeQuery("atomic_long_t", ("counter",)),
 )
 
