@@ -1,4 +1,4 @@
-"""Command line: ``kdlayout info|resolve|scan|dump``.
+"""Command line: ``kdlayout info|resolve|scan|dump|dmesg``.
 
 Each subcommand lives in its own module under ``kdlayout.commands`` and registers itself here. Every
 error kdlayout raises on purpose ends as one line on stderr and exit status 2; no traceback.
@@ -24,6 +24,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("reassemble", "reassemble"),
     ("scan", "scan"),
     ("dump", "dump"),
+    ("dmesg", "dmesg"),
 )
 
 EXIT_ERROR = 2

@@ -3,7 +3,8 @@
 Option names and meanings follow makedumpfile (``makedumpfile -c -d 31 /proc/vmcore DUMPFILE``
 as kdump-tools runs it): ``-d`` dump level, ``-c/-l/-p/-z`` page compression (none: pages stored
 raw), ``-F`` flattened format on stdout, ``--num-threads``, ``-x`` vmlinux, ``-i`` VMCOREINFO file,
-``--message-level``, ``-E`` (ELF output, uncompressed).
+``--message-level``, ``-E`` (ELF output, uncompressed), ``--dump-dmesg`` (the crashed kernel's log
+to DUMPFILE instead of a dump, see ``kdlayout.commands.dmesg``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..writer import (
     write_kdump,
 )
 from .common import add_source_arguments, resolve_options
+from .dmesg import add_dmesg_arguments, dump_dmesg
 
 #: makedumpfile's --message-level bits.
 ML_PROGRESS = 1
@@ -76,6 +78,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--message-level", type=int, default=DEFAULT_MESSAGE_LEVEL, metavar="N",
                    help="makedumpfile message bits: 1 progress, 2 common, 4 errors, 16 report "
                         f"(default {DEFAULT_MESSAGE_LEVEL})")
+    p.add_argument("--dump-dmesg", action="store_true",
+                   help="write the crashed kernel's log buffer to DUMPFILE as text, like "
+                        "makedumpfile --dump-dmesg (no dump is written)")
+    add_dmesg_arguments(p)
     add_source_arguments(p)
     p.set_defaults(func=run, codec=None)
 
@@ -101,6 +107,8 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``kdlayout dump``; returns the exit status."""
+    if args.dump_dmesg:
+        return run_dump_dmesg(args)
     if args.elf and args.codec:
         raise KdlayoutError("-E writes uncompressed ELF: give no -c/-l/-p/-z")
     if not 0 <= args.dump_level <= 31:
@@ -152,6 +160,19 @@ def run(args: argparse.Namespace) -> int:
         where = "stdout" if args.flatten else str(args.dumpfile)
         sys.stderr.write(f"\nThe dumpfile is saved to {where}.\n\n"
                          f"kdlayout dump completed in {elapsed:.1f} s.\n")
+    return 0
+
+
+def run_dump_dmesg(args: argparse.Namespace) -> int:
+    """``kdlayout dump --dump-dmesg VMCORE DMESGFILE`` (kdump-tools runs it after the dump)."""
+    if args.flatten or args.elf:
+        raise KdlayoutError("--dump-dmesg writes text: give no -F or -E")
+    if args.dumpfile is None:
+        raise KdlayoutError("--dump-dmesg needs DMESGFILE")
+    dump_dmesg(args.vmcore, str(args.dumpfile), resolve_options(args),
+               caller_id=args.caller_id, overwrite=args.force)
+    if args.message_level & ML_COMMON:
+        sys.stderr.write(f"\nThe dmesg log is saved to {args.dumpfile}.\n")
     return 0
 
 
