@@ -332,3 +332,29 @@ def test_five_level_translations_equal_drgn(fixture: Any) -> None:
         vaddrs.append(sp)
         for va in vaddrs:
             assert tables.translate(va).paddr == follow_phys(init_mm, va), hex(va)
+
+
+#: ``struct QEMUCPUState`` of QEMU's x86 ``dump-guest-memory`` ELF notes (named "QEMU",
+#: target/i386/arch_dump.c): version, size, 18 general registers, 10 segment descriptors of 24
+#: bytes, then ``cr[5]``.
+_QEMU_CR4 = 4 + 4 + 18 * 8 + 10 * 24 + 4 * 8
+_CR4_LA57 = 1 << 12
+
+
+def test_paging_levels_agree_with_the_cpus_cr4(fixture: Any) -> None:
+    """The depth kdlayout derives from a QEMU ELF dump equals what the guest CPUs ran with:
+    CR4.LA57 in QEMU's own per-CPU state notes, a witness outside the kernel's memory."""
+    path = fixture.path("qemu_elf")
+    if path is None:
+        pytest.skip(f"{fixture.name} has no QEMU ELF dump")
+    with open_dump(str(path)) as dump:
+        states = [bytes(n.desc) for n in dump.notes if n.name == "QEMU"]
+        if dump.vmcoreinfo is None:
+            pytest.skip(f"{path.name}: QEMU dumped without the guest's VMCOREINFO")
+        layout = resolve(dump, ResolveOptions(use_cache=False)).layout
+        levels = kernel_page_tables(dump, layout).levels
+    assert states, "QEMU ELF dump without QEMU CPU state notes"
+    for desc in states:
+        assert len(desc) >= _QEMU_CR4 + 8
+        cr4 = int.from_bytes(desc[_QEMU_CR4:_QEMU_CR4 + 8], "little")
+        assert bool(cr4 & _CR4_LA57) == (levels == 5), f"CR4 {cr4:#x}, {levels} levels"
