@@ -750,12 +750,14 @@ def _real_vmlinuxes() -> list[Any]:
         if item and Path(item).is_file():
             label = Path(item).parent.name if Path(item).name == "vmlinux" else Path(item).name
             params.append(pytest.param(Path(item), id=f"local-{label}"))
-    seen: set[Path] = set()
+    # variants share their kernel's vmlinux as hard links (trixie, trixie-cap-bookworm,
+    # trixie-la57): one file, tested once
+    seen: set[tuple[int, int]] = set()
     unique = []
     for prm in params:
-        path = prm.values[0].resolve()
-        if path not in seen:
-            seen.add(path)
+        st = prm.values[0].resolve().stat()
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
             unique.append(prm)
     if not unique:
         return [pytest.param(None, id="no-vmlinux", marks=pytest.mark.skip(
