@@ -490,6 +490,7 @@ def _read_records(kmem: KernelMemory, facts: _Facts) -> PrintkLog:
         return value
 
     pos = first
+    seen: set[int] = set()
     # Every record is at least a header long, so more steps than this means a cycle.
     for _ in range(buf_len // hdr + 2):
         if pos == last:
@@ -500,6 +501,9 @@ def _read_records(kmem: KernelMemory, facts: _Facts) -> PrintkLog:
             if pos == last:
                 break
             length = u16(o_len)
+        if pos in seen:
+            break                       # came round again: reported below as a cycle
+        seen.add(pos)
         text_len = u16(pos + fields.text_len)
         dict_len = 0 if fields.dict_len is None else u16(pos + fields.dict_len)
         nxt = pos + length
@@ -516,7 +520,7 @@ def _read_records(kmem: KernelMemory, facts: _Facts) -> PrintkLog:
                                             for e in dict_raw.split(b"\0") if e))
         log.records.append(PrintkRecord(None, ts, level, facility, flags, caller, text, dev))
         pos = nxt
-    else:
+    if pos != last and log.complete:
         log.complete = False
         log.warnings.append(f"printk log: {where}: the record chain from log_first_idx "
                             f"{first:#x} does not reach log_next_idx {last:#x} (a cycle); the "
