@@ -504,3 +504,23 @@ def test_cli_stdout_and_output_refusals(tmp_path: Path) -> None:
                         str(core), str(tmp_path / "x")], capture_output=True, text=True,
                        timeout=120, env=env)
     assert r.returncode == 2 and "give no -F or -E" in r.stderr
+
+
+def test_log_buf_not_in_dump(tmp_path: Path) -> None:
+    """3.5-5.9 format whose log_buf pointer is mapped but not held by the dump: one line naming
+    the file, the buffer and its address."""
+    seg, _ = records_segment([printk_log_record(b"x", 1)])
+    struct.pack_into("<Q", seg, 0x100, DBASE + 0x180000)
+    core = synth_core(tmp_path, seg, records_vmcoreinfo())
+    with pytest.raises(NotInDumpError) as info:
+        synth_log(core)
+    msg = str(info.value)
+    assert "\n" not in msg and str(core) in msg and f"log_buf at {DBASE + 0x180000:#x}" in msg
+
+
+@pytest.mark.parametrize("buf_len", [0, 0x300, 0xFFFFFFFF], ids=["zero", "not-pow2", "huge"])
+def test_plain_bad_log_buf_len(tmp_path: Path, buf_len: int) -> None:
+    seg = plain_segment(b"<6>hello\n")
+    struct.pack_into("<I", seg, 0x108, buf_len)
+    with pytest.raises(CorruptError, match=f"log_buf_len={buf_len} "):
+        synth_log(synth_core(tmp_path, seg, plain_vmcoreinfo()))
