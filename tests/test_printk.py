@@ -524,3 +524,10 @@ def test_plain_bad_log_buf_len(tmp_path: Path, buf_len: int) -> None:
     struct.pack_into("<I", seg, 0x108, buf_len)
     with pytest.raises(CorruptError, match=f"log_buf_len={buf_len} "):
         synth_log(synth_core(tmp_path, seg, plain_vmcoreinfo()))
+
+
+def test_ring_larger_than_the_dump(tmp_path: Path) -> None:
+    """A plausible but huge size_bits (2 GiB ring) in a small dump: refused before any read, so
+    memory stays bounded by what the dump holds."""
+    err = _ring_error(tmp_path, Ring(records=_records(), size_bits_override=31))
+    assert isinstance(err, CorruptError) and "more than the dump holds" in str(err)

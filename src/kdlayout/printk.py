@@ -316,7 +316,8 @@ def _read_lockless(kmem: KernelMemory, facts: _Facts) -> PrintkLog:
             if off is not None and length is not None:
                 dev_parts.append((member.upper(), o_dev + off, length))
 
-    for name, off, width in (("desc_state", o_state, 8), ("text_blk_lpos", o_next, 8)):
+    for name, off, width in (("state_var", o_state, 8), ("text_blk_lpos.begin", o_begin, 8),
+                             ("text_blk_lpos.next", o_next, 8)):
         if off + width > desc_size:
             raise CorruptError(f"printk log: prb_desc.{name} at {off} does not fit in "
                                f"SIZE(prb_desc)={desc_size}", path=path)
@@ -350,6 +351,10 @@ def _read_lockless(kmem: KernelMemory, facts: _Facts) -> PrintkLog:
         raise CorruptError(f"printk log: {where}: tail_id {tail_id:#x} to head_id "
                            f"{head_id:#x} spans {span} descriptors, more than the ring's "
                            f"{count}", path=path)
+    need = count * (desc_size + info_size) + ring_size
+    if need > kmem.mem.total_bytes():
+        raise CorruptError(f"printk log: {where}: {count} descriptors and a {ring_size}-byte "
+                           f"text ring ({need} bytes) are more than the dump holds", path=path)
     descs = kmem.read(word(dr + o_descs), count * desc_size, "printk log: desc_ring.descs")
     infos = kmem.read(word(dr + o_infos), count * info_size, "printk log: desc_ring.infos")
     data = memoryview(kmem.read(word(tr + o_data), ring_size, "printk log: text_data_ring.data"))
