@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 """Benchmark: ``kdlayout dump`` against makedumpfile writing the same filtered dump.
 
-For each codec, both tools run on the same vmcore in the same invocation, same dump level and
-thread count: ``kdlayout dump -d LEVEL -X --num-threads N VMCORE OUT`` and
-``makedumpfile -d LEVEL -X [--num-threads N] VMCORE OUT``. Each run is a child process; wall time
-is measured around it and peak RSS comes from ``os.wait4``'s rusage of that child. The report
-gives, per codec, both tools' wall time, output size and peak RSS, and kdlayout / makedumpfile
-ratios (median of ``--repeat`` runs).
+For each codec, the tools run on the same vmcore in the same invocation, same dump level,
+interleaved (kdlayout, makedumpfile, makedumpfile threaded, then again): ``kdlayout dump -d LEVEL
+-X [--num-threads N] VMCORE OUT``, ``makedumpfile -d LEVEL -X VMCORE OUT`` (its default: no
+threads) and ``makedumpfile -d LEVEL -X --num-threads M VMCORE OUT``. Each run is a child process;
+wall time is measured around it and peak RSS comes from ``os.wait4``'s rusage of that child. The
+report gives, per codec, wall time, output size and peak RSS of each, and the kdlayout /
+makedumpfile ratios (median of ``--repeat`` runs).
 
 Usage: python tools/bench_dump.py [VMCORE] [--level 31] [--codecs c,l,z,p] [--threads N]
-                                  [--repeat N] [--makedumpfile PATH] [--outdir DIR] [--json]
-Default VMCORE: the largest fixture vmcore. ``--threads 0`` runs makedumpfile without
-``--num-threads`` (its default, single-threaded) and kdlayout with one compression thread.
+                                  [--mdf-threads M] [--repeat N] [--makedumpfile PATH]
+                                  [--outdir DIR] [--json]
+Default VMCORE: the largest fixture vmcore. Without ``--threads`` kdlayout picks its per-codec
+default; ``--mdf-threads 0`` leaves out the threaded makedumpfile run (default 2).
+
+kdlayout's byte code is compiled first (``compileall``; ``PYTHONDONTWRITEBYTECODE`` only stops
+writing it), as an installed package has it: otherwise every run would compile ~0.2 s of source.
 """
 
 from __future__ import annotations
@@ -71,7 +76,10 @@ def main() -> int:
     ap.add_argument("vmcore", nargs="?")
     ap.add_argument("--level", type=int, default=31)
     ap.add_argument("--codecs", default="c,l,z", help="makedumpfile codec letters (c,l,z,p)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="kdlayout --num-threads (default: its per-codec default)")
+    ap.add_argument("--mdf-threads", type=int, default=2,
+                    help="makedumpfile --num-threads of the threaded run (0: no such run)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--makedumpfile", default="/usr/bin/makedumpfile")
     ap.add_argument("--outdir", help="where the outputs go (default: a temporary directory)")
@@ -83,31 +91,44 @@ def main() -> int:
         return 2
     outdir = Path(args.outdir) if args.outdir else Path(tempfile.mkdtemp(prefix="bench_dump."))
     outdir.mkdir(parents=True, exist_ok=True)
+    import compileall
+
+    import kdlayout
+    compileall.compile_dir(str(Path(kdlayout.__file__).parent), quiet=1)
     kd = [sys.executable, "-m", "kdlayout.cli", "dump"]
+    mdf_variants: list[tuple[str, list[str]]] = [("makedumpfile", [])]
+    if args.mdf_threads > 0:
+        mdf_variants.append((f"makedumpfile_t{args.mdf_threads}",
+                             ["--num-threads", str(args.mdf_threads)]))
     rows: list[dict[str, Any]] = []
     try:
         for letter in args.codecs.split(","):
             name = CODEC_NAMES[letter]
-            ours_out, theirs_out = outdir / f"kdlayout.{name}", outdir / f"makedumpfile.{name}"
-            k_threads = ["--num-threads", str(max(1, args.threads))]
-            m_threads = ["--num-threads", str(args.threads)] if args.threads > 0 else []
-            ours, theirs = [], []
+            ours_out = outdir / f"kdlayout.{name}"
+            k_threads = ["--num-threads", str(args.threads)] if args.threads is not None else []
+            runs: dict[str, list[Run]] = {"kdlayout": []}
+            runs.update({who: [] for who, _ in mdf_variants})
+            common = ["-d", str(args.level), f"-{letter}", "--message-level", "0", str(vmcore)]
             for _ in range(args.repeat):
-                ours.append(run_child([*kd, "-d", str(args.level), f"-{letter}", *k_threads, "--message-level", "0", str(vmcore), str(ours_out)], ours_out))
-                theirs.append(run_child([args.makedumpfile, "-d", str(args.level), f"-{letter}",
-                                         *m_threads, "--message-level", "0", str(vmcore),
-                                         str(theirs_out)], theirs_out))
+                runs["kdlayout"].append(run_child([*kd, *k_threads, *common, str(ours_out)],
+                                                  ours_out))
+                for who, extra in mdf_variants:
+                    out = outdir / f"{who}.{name}"
+                    runs[who].append(run_child([args.makedumpfile, *extra, *common, str(out)],
+                                               out))
 
-            def med(runs: list[Run], field: str) -> float:
-                return float(statistics.median(getattr(r, field) for r in runs))
+            def med(rs: list[Run], field: str) -> float:
+                return float(statistics.median(getattr(r, field) for r in rs))
 
             row: dict[str, Any] = {"codec": name}
-            for who, runs in (("kdlayout", ours), ("makedumpfile", theirs)):
-                row[who] = {"seconds": med(runs, "seconds"), "bytes": med(runs, "size"),
-                            "maxrss_kib": med(runs, "maxrss_kib"),
-                            "ok": all(r.status == 0 for r in runs)}
-            row["ratio"] = {k: (row["kdlayout"][k] / row["makedumpfile"][k]
-                                if row["makedumpfile"][k] else None) for k in ("seconds", "bytes", "maxrss_kib")}
+            for who, rs in runs.items():
+                row[who] = {"seconds": med(rs, "seconds"), "bytes": med(rs, "size"),
+                            "maxrss_kib": med(rs, "maxrss_kib"),
+                            "ok": all(r.status == 0 for r in rs)}
+            for who, _ in mdf_variants:
+                row[f"ratio_{who}"] = {
+                    k: (row["kdlayout"][k] / row[who][k] if row[who][k] else None)
+                    for k in ("seconds", "bytes", "maxrss_kib")}
             rows.append(row)
     finally:
         if not args.outdir:
@@ -118,21 +139,24 @@ def main() -> int:
         print()
         return 0
     print(f"vmcore {vmcore} ({vmcore.stat().st_size / 2**20:.0f} MiB), -d {args.level}, "
-          f"threads {args.threads}, median of {args.repeat}")
-    print(f"{'codec':<7} {'kdlayout s':>10} {'mdf s':>8} {'ratio':>6}   {'kdl MiB':>8} "
-          f"{'mdf MiB':>8} {'ratio':>6}   {'kdl RSS':>8} {'mdf RSS':>8} {'ratio':>6}")
+          f"kdlayout threads {args.threads if args.threads is not None else 'default'}, "
+          f"median of {args.repeat}; ratio = kdlayout / makedumpfile")
+    print(f"{'codec':<7} {'tool':<16} {'s':>6} {'MiB':>7} {'RSS MiB':>8}   "
+          f"{'time':>6} {'size':>6} {'RSS':>6}")
+
+    def f(x: object) -> str:
+        return f"{x:6.2f}" if isinstance(x, float) else "     -"
+
     for r in rows:
-        k, m, q = r["kdlayout"], r["makedumpfile"], r["ratio"]
-
-        def f(x: object) -> str:
-            return f"{x:6.2f}" if isinstance(x, float) else "     -"
-
-        print(f"{r['codec']:<7} {k['seconds']:>10.2f} {m['seconds']:>8.2f} {f(q['seconds'])}"
-              f"   {k['bytes'] / 2**20:>8.1f} {m['bytes'] / 2**20:>8.1f} {f(q['bytes'])}"
-              f"   {k['maxrss_kib'] / 1024:>7.0f}M {m['maxrss_kib'] / 1024:>7.0f}M "
-              f"{f(q['maxrss_kib'])}")
-        if not (k["ok"] and m["ok"]):
-            print("  (a run failed, see stderr)")
+        for who in ("kdlayout", *(w for w, _ in mdf_variants)):
+            m = r[who]
+            q = r.get(f"ratio_{who}")
+            ratios = (f"   {f(q['seconds'])} {f(q['bytes'])} {f(q['maxrss_kib'])}"
+                      if q else "")
+            print(f"{r['codec']:<7} {who:<16} {m['seconds']:>6.2f} {m['bytes'] / 2**20:>7.1f} "
+                  f"{m['maxrss_kib'] / 1024:>8.0f}{ratios}")
+            if not m["ok"]:
+                print("  (a run failed, see stderr)")
     return 0
 
 

@@ -6,10 +6,10 @@ straight from the dump's ranges (:func:`level0_bitmaps`). Output: the image, thr
 :class:`~kdlayout.diskdump_write.Sink` (a file or makedumpfile's flattened stream).
 
 Pipeline: the main thread walks the runs of dumped pfns in chunks of ``chunk_pages`` pages, takes
-zero-copy views of the input, hands each chunk to a thread pool that finds zero pages (numpy) and
-compresses the others page by page (zlib, LZO, snappy and zstd release the GIL), and writes the
-finished chunks in pfn order: page data appended, descriptors batched and written into the
-descriptor table. At most ``2 * threads`` chunks are in flight, so memory is bounded by the chunk
+zero-copy views of the input, finds zero pages (numpy) and compresses the others page by page
+(:mod:`kdlayout.compress`: the C libraries through ctypes, GIL released), inline or on a thread
+pool (per-codec default, :data:`DEFAULT_THREADS`), and writes the finished chunks in pfn order:
+page data appended, descriptors batched and written into the descriptor table. At most ``2 * threads`` chunks are in flight, so memory is bounded by the chunk
 size, not by the RAM size (the bitmaps take 2 bits per pfn).
 
 Safety (:func:`write_dump_file`): the image goes to a temporary file (mode 0600) in the target
@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +41,7 @@ from typing import Final, NamedTuple
 import numpy as np
 
 from . import codecs
+from .compress import PageCompressor, compressor_factory
 from .diskdump import (
     PAGE_DESC_DTYPE_LE,
     PAGE_DESC_SIZE,
@@ -51,7 +51,7 @@ from .diskdump import (
     bit_runs,
 )
 from .diskdump_write import FileSink, OutOfSpace, Sink, make_header, pack_header, pack_sub_header
-from .errors import KdlayoutError, NotInDumpError, UnsupportedError
+from .errors import KdlayoutError, NotInDumpError
 from .kimage import KernelImage
 from .layout import Layout
 from .notes import Note
@@ -87,12 +87,22 @@ class PageBitmaps(NamedTuple):
     excluded: dict[str, int]     # excluded pages per class (empty at level 0)
 
 
+#: Compression threads per codec when none are asked for (measured, docs/writer.md): zlib's
+#: ~40 µs a page gains from a second thread; LZO, snappy and zstd take ~5 µs a page in C, and the
+#: per-page hand-offs of the GIL cost as much as a second thread saves, so they run inline.
+DEFAULT_THREADS: Final = {0: 1, codecs.DUMP_DH_COMPRESSED_ZLIB: 2,
+                          codecs.DUMP_DH_COMPRESSED_LZO: 1,
+                          codecs.DUMP_DH_COMPRESSED_SNAPPY: 1,
+                          codecs.DUMP_DH_COMPRESSED_ZSTD: 1}
+
+
 @dataclass(frozen=True)
 class WriteOptions:
-    """How to write: page compression (a ``DUMP_DH_COMPRESSED_*`` flag, 0 for none), threads."""
+    """How to write: page compression (a ``DUMP_DH_COMPRESSED_*`` flag, 0 for none), threads
+    (None: :data:`DEFAULT_THREADS` of the codec; 1: in the calling thread)."""
 
     compression: int = codecs.DUMP_DH_COMPRESSED_ZLIB
-    threads: int = 2
+    threads: int | None = None
     chunk_pages: int = DEFAULT_CHUNK_PAGES
     timestamp: float | None = None   # header time (default: now); fixed for reproducible output
 
@@ -212,54 +222,31 @@ class _Chunk(NamedTuple):
     zero: np.ndarray
     sizes: np.ndarray
     flags: np.ndarray
-    data: bytes
-
-
-def _compressor(flag: int) -> Callable[[memoryview], bytes] | None:
-    """A thread's page compressor for ``flag`` (None: store raw)."""
-    if flag == 0:
-        return None
-    if flag == codecs.DUMP_DH_COMPRESSED_ZLIB:
-        return lambda b: zlib.compress(b, 1)        # makedumpfile: Z_BEST_SPEED
-    codec = codecs.CODECS[flag]
-    mod = codecs._import(codec)
-    if flag == codecs.DUMP_DH_COMPRESSED_LZO:
-        return lambda b: bytes(mod.compress(bytes(b), 1, False))   # raw LZO1X-1, no header
-    if flag == codecs.DUMP_DH_COMPRESSED_SNAPPY:
-        return lambda b: bytes(mod.compress(bytes(b)))
-    if flag == codecs.DUMP_DH_COMPRESSED_ZSTD:
-        cctx = mod.ZstdCompressor(level=1)                # one per thread: not thread-safe
-        return lambda b: bytes(cctx.compress(b))
-    raise UnsupportedError(f"unknown compression flag {flag:#x}")
+    data: bytes | memoryview
 
 
 class _Compressors(threading.local):
-    fn: Callable[[memoryview], bytes] | None
-    ready: bool = False
+    """One :class:`~kdlayout.compress.PageCompressor` per thread (contexts are not shared)."""
+
+    comp: PageCompressor | None = None
 
 
-def _compress_chunk(pages: np.ndarray, flag: int, local: _Compressors) -> _Chunk:
-    """Zero-page test (numpy) and per-page compression of a ``(n, page_size)`` uint8 array."""
-    if not local.ready:
-        local.fn, local.ready = _compressor(flag), True
-    n, ps = pages.shape
-    rows = pages.view("<u8") if pages.flags.c_contiguous and pages.ctypes.data % 8 == 0 else pages
-    zero: np.ndarray = np.asarray(~rows.any(axis=1), dtype=bool)
-    sizes = np.zeros(n, dtype=np.uint32)
-    flags = np.zeros(n, dtype=np.uint32)
-    blobs: list[bytes | memoryview] = []
-    fn = local.fn
-    for i in np.flatnonzero(~zero).tolist():
-        page = pages[i].data
-        c = fn(page) if fn is not None else None
-        if c is not None and len(c) < ps:
-            blobs.append(c)
-            sizes[i] = len(c)
-            flags[i] = flag
-        else:
-            blobs.append(page)
-            sizes[i] = ps
-    return _Chunk(zero, sizes, flags, b"".join(blobs))
+def _compress_chunk(parts: list[np.ndarray], make: Callable[[], PageCompressor],
+                    local: _Compressors) -> _Chunk:
+    """Zero-page test (numpy over 64-bit words) and compression of the other pages of
+    ``(n_i, page_size)`` uint8 arrays taken as one sequence of pages."""
+    comp = local.comp
+    if comp is None:
+        comp = local.comp = make()
+    zeros = []
+    for pages in parts:
+        rows = (pages.view("<u8") if pages.flags.c_contiguous and pages.ctypes.data % 8 == 0
+                else pages)
+        zeros.append(~rows.any(axis=1))
+    zero: np.ndarray = np.asarray(np.concatenate(zeros) if len(zeros) > 1 else zeros[0],
+                                  dtype=bool)
+    c = comp.compress(parts, np.flatnonzero(~zero))
+    return _Chunk(zero, c.sizes, c.flags, c.data)
 
 
 def _read_run(dump: PhysicalMemory, a: int, b: int, ps: int) -> np.ndarray:
@@ -352,19 +339,34 @@ def plan_image(page_size: int, note_size: int, max_pfn: int, pages_dumped: int) 
     return ImageLayout(bs, sub_hdr_size, 2 * half, bitmap_off, desc_off, zero_off, zero_off + bs)
 
 
+def count_dumpable(bm: PageBitmaps, start: int = 0, end: int | None = None) -> int:
+    """Set bits of the 2nd bitmap in ``[start, end)`` (default: all of it)."""
+    end = bm.max_pfn if end is None else min(end, bm.max_pfn)
+    if end <= start:
+        return 0
+    bits = np.unpackbits(bm.dumpable[start >> 3:(end + 7) >> 3], bitorder="little")
+    return int(bits[start & 7:(start & 7) + end - start].sum())
+
+
 def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOptions,
-                progress: Callable[[int, int], None] | None = None) -> WriteResult:
+                progress: Callable[[int, int], None] | None = None, *,
+                split: tuple[int, int] | None = None) -> WriteResult:
     """Write the kdump-compressed image of ``dump`` filtered by ``bm`` into ``sink``.
+
+    ``split``: one file of a ``--split`` set holding the pfns ``[start, end)``: the sub header
+    carries the split flag and the range, both bitmaps are whole (as makedumpfile writes them),
+    and descriptors and page data are those of the range only.
 
     Returns a :class:`WriteResult`; on a full device (:class:`OutOfSpace`) the image is left
     consistent with ``DUMP_DH_COMPRESSED_INCOMPLETE`` set and ``incomplete`` in the result.
     """
     t0 = time.perf_counter()
-    codecs.require(opts.compression)
+    make = compressor_factory(opts.compression)
     ps = dump.info.page_size
     notes = list(dump.notes)
     note_bytes, vmci_off, vmci_size = serialize_notes(notes)
-    dumped_total = int(np.unpackbits(bm.dumpable).sum()) if bm.max_pfn else 0
+    lo, hi = split if split is not None else (0, bm.max_pfn)
+    dumped_total = count_dumpable(bm, lo, hi)
     lay = plan_image(ps, len(note_bytes), bm.max_pfn, dumped_total)
     nr_cpus = sum(1 for n in notes if n.type == _NT_PRSTATUS and n.name == "CORE") \
         or (dump.info.nr_cpus or 1)
@@ -375,12 +377,14 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                          bitmap_blocks=lay.bitmap_blocks, max_mapnr=min(bm.max_pfn, 0xFFFFFFFF),
                          nr_cpus=nr_cpus)
     note_off = ps + SUB_HEADER_SIZE
+    s32 = (min(lo, 0xFFFFFFFF), min(hi, 0xFFFFFFFF)) if split is not None else (0, 0)
     sub = KdumpSubHeader(
-        phys_base=_phys_base(vmci), dump_level=bm.dump_level, split=0,
-        start_pfn=0, end_pfn=0,
+        phys_base=_phys_base(vmci), dump_level=bm.dump_level, split=int(split is not None),
+        start_pfn=s32[0], end_pfn=s32[1],
         offset_vmcoreinfo=note_off + vmci_off if vmci_off is not None else 0,
         size_vmcoreinfo=vmci_size, offset_note=note_off, size_note=len(note_bytes),
-        offset_eraseinfo=0, size_eraseinfo=0, start_pfn_64=0, end_pfn_64=0,
+        offset_eraseinfo=0, size_eraseinfo=0,
+        start_pfn_64=lo if split is not None else 0, end_pfn_64=hi if split is not None else 0,
         max_mapnr_64=bm.max_pfn)
     res = WriteResult(pages_dumped=dumped_total)
 
@@ -397,11 +401,16 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
     res.timings["header"] = time.perf_counter() - t0
 
     starts, ends = bit_runs(bm.dumpable, bm.max_pfn)
+    if split is not None:
+        starts, ends = np.maximum(starts, lo), np.minimum(ends, hi)
+        keep = starts < ends
+        starts, ends = starts[keep], ends[keep]
     cursor = lay.data_offset
     k_written = 0                          # descriptors in the file
     descs: list[np.ndarray] = []           # finished but not yet written
     k_done = 0                             # descriptors finished (written + pending)
-    threads = max(1, opts.threads)
+    threads = max(1, opts.threads if opts.threads is not None
+                  else DEFAULT_THREADS.get(opts.compression, 1))
     local = _Compressors()
     t_wait = t_write = t_read = 0.0
 
@@ -413,23 +422,60 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
             k_written += len(table)
             descs = []
 
+    def read_chunk(chunk: list[tuple[int, int]]) -> list[np.ndarray]:
+        nonlocal t_read
+        t = time.perf_counter()
+        parts = [_read_run(dump, a, b, ps) for a, b in chunk]
+        t_read += time.perf_counter() - t
+        return parts
+
+    def store(c: _Chunk, last_pfn: int) -> None:
+        nonlocal cursor, k_done, t_write
+        t = time.perf_counter()
+        d = np.zeros(len(c.zero), dtype=PAGE_DESC_DTYPE_LE)
+        offs = cursor + np.concatenate([[0], np.cumsum(c.sizes[:-1], dtype=np.int64)])
+        # offsets of non-zero pages: their sizes only (zero pages have size 0 here)
+        d["offset"] = np.where(c.zero, lay.zero_page_offset, offs)
+        d["size"] = np.where(c.zero, ps, c.sizes)
+        d["flags"] = c.flags
+        sink.pwrite(c.data, cursor)
+        cursor += len(c.data)
+        descs.append(d)
+        k_done += len(d)
+        res.zero_pages += int(c.zero.sum())
+        res.raw_pages += int(((c.flags == 0) & ~c.zero).sum())
+        res.data_bytes += len(c.data)
+        if k_done - k_written >= _DESC_BATCH:
+            flush_descs()
+        t_write += time.perf_counter() - t
+        if progress is not None:
+            progress(last_pfn, bm.max_pfn)
+
     pending: deque[tuple[Future[_Chunk], int, list[np.ndarray]]] = deque()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kdlayout-compress") as pool:
-        try:
-            it = _chunks(starts, ends, max(8, opts.chunk_pages))
+    pool = (ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kdlayout-compress")
+            if threads > 1 else None)
+    try:
+        it = _chunks(starts, ends, max(8, opts.chunk_pages))
+        if pool is None:                   # one thread: no hand-offs, no GIL ping-pong
+            for chunk in it:
+                parts = read_chunk(chunk)
+                t = time.perf_counter()
+                c = _compress_chunk(parts, make, local)
+                for v in parts:
+                    _release(v)
+                t_wait += time.perf_counter() - t
+                store(c, chunk[-1][1])
+        else:
             exhausted = False
             while True:
                 while not exhausted and len(pending) < 2 * threads:
-                    chunk = next(it, None)
-                    if chunk is None:
+                    nxt = next(it, None)
+                    if nxt is None:
                         exhausted = True
                         break
-                    t = time.perf_counter()
-                    parts = [_read_run(dump, a, b, ps) for a, b in chunk]
-                    pages = parts[0] if len(parts) == 1 else np.concatenate(parts)
-                    t_read += time.perf_counter() - t
-                    pending.append((pool.submit(_compress_chunk, pages, opts.compression, local),
-                                    chunk[-1][1], parts))
+                    parts = read_chunk(nxt)
+                    pending.append((pool.submit(_compress_chunk, parts, make, local),
+                                    nxt[-1][1], parts))
                 if not pending:
                     break
                 fut, last_pfn, views = pending.popleft()
@@ -438,37 +484,22 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                 for v in views:
                     _release(v)
                 t_wait += time.perf_counter() - t
-                t = time.perf_counter()
-                d = np.zeros(len(c.zero), dtype=PAGE_DESC_DTYPE_LE)
-                offs = cursor + np.concatenate([[0], np.cumsum(c.sizes[:-1], dtype=np.int64)])
-                # offsets of non-zero pages: their sizes only (zero pages have size 0 here)
-                d["offset"] = np.where(c.zero, lay.zero_page_offset, offs)
-                d["size"] = np.where(c.zero, ps, c.sizes)
-                d["flags"] = c.flags
-                sink.pwrite(c.data, cursor)
-                cursor += len(c.data)
-                descs.append(d)
-                k_done += len(d)
-                res.zero_pages += int(c.zero.sum())
-                res.raw_pages += int(((c.flags == 0) & ~c.zero).sum())
-                res.data_bytes += len(c.data)
-                if k_done - k_written >= _DESC_BATCH:
-                    flush_descs()
-                t_write += time.perf_counter() - t
-                if progress is not None:
-                    progress(last_pfn, bm.max_pfn)
-            flush_descs()
+                store(c, last_pfn)
+        flush_descs()
+        sink.finish()
+    except OutOfSpace as exc:
+        for f, _, _ in pending:
+            f.cancel()
+        flush_descs()                      # into the reserved table: cannot run out of space
+        res.incomplete = True
+        res.error = str(exc.strerror)
+        sink.pwrite(pack_header(replace(
+            header, status=header.status | codecs.DUMP_DH_COMPRESSED_INCOMPLETE)), 0)
+        with contextlib.suppress(OSError):
             sink.finish()
-        except OutOfSpace as exc:
-            for f, _, _ in pending:
-                f.cancel()
-            flush_descs()                  # into the reserved table: cannot run out of space
-            res.incomplete = True
-            res.error = str(exc.strerror)
-            sink.pwrite(pack_header(replace(
-                header, status=header.status | codecs.DUMP_DH_COMPRESSED_INCOMPLETE)), 0)
-            with contextlib.suppress(OSError):
-                sink.finish()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     res.pages_written = k_written
     res.size = cursor
     res.timings.update(read=t_read, wait_compress=t_wait, write=t_write)
