@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import itertools
 import mmap
 import os
 import sys
@@ -543,6 +544,28 @@ def _publish(tmp: str, path: str, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
+def _temp_for(path: str) -> tuple[int, str]:
+    """A mode-0600 temporary file next to ``path`` (same directory, so it can be renamed)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
+def _fsync_dir(directory: str) -> None:
+    with contextlib.suppress(OSError):
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: WriteOptions, *,
                     input_path: str | None = None,
                     progress: Callable[[int, int], None] | None = None,
@@ -563,10 +586,8 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
     if not overwrite and os.path.lexists(path):
         raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
-                               dir=directory)
+    fd, tmp = _temp_for(path)
     try:
-        os.fchmod(fd, 0o600)
         sink = FileSink(fd, path)
         try:
             res = (write_elf(dump, bm, sink, progress) if elf
@@ -578,12 +599,7 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, res.size)
         _publish(tmp, path, overwrite)
-        with contextlib.suppress(OSError):
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        _fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -595,6 +611,149 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
             f"incomplete dump, {res.error}: {res.pages_written} of {res.pages_dumped} pages "
             f"saved; the header carries DUMP_DH_COMPRESSED_INCOMPLETE", path=path)
     return res
+
+
+# --------------------------------------------------------------------------------------------
+# Split sets (makedumpfile --split)
+
+
+def split_ranges(bm: PageBitmaps, n: int) -> list[tuple[int, int]]:
+    """``n`` consecutive pfn ranges covering ``[0, max_pfn)`` with about the same number of
+    dumped pfns each (counts differ by at most one)."""
+    if n < 1:
+        raise ValueError("need at least one range")
+    pop = _popcount_bytes(bm.dumpable)
+    block = 4096                                   # bytes of bitmap per block
+    nblk = -(-pop.size // block)
+    padded = np.zeros(nblk * block, dtype=np.uint8)
+    padded[:pop.size] = pop
+    cum = np.cumsum(padded.reshape(nblk, block).sum(axis=1, dtype=np.int64))
+    total = int(cum[-1]) if nblk else 0
+    bounds = [0]
+    for k in range(1, n):
+        target = total * k // n                    # file k-1 ends after the target-th pfn
+        if target == 0:
+            bounds.append(bounds[-1])
+            continue
+        j = int(np.searchsorted(cum, target, side="left"))
+        before = int(cum[j - 1]) if j else 0
+        inner = np.cumsum(padded[j * block:(j + 1) * block], dtype=np.int64) + before
+        byte = j * block + int(np.searchsorted(inner, target, side="left"))
+        left = target - (int(inner[byte - j * block - 1]) if byte > j * block else before)
+        bits = np.flatnonzero(np.unpackbits(bm.dumpable[byte:byte + 1], bitorder="little"))
+        pfn = byte * 8 + int(bits[left - 1]) + 1
+        bounds.append(max(bounds[-1], min(pfn, bm.max_pfn)))
+    bounds.append(bm.max_pfn)
+    return list(itertools.pairwise(bounds))
+
+
+def _popcount_bytes(bitmap: np.ndarray) -> np.ndarray:
+    """Set bits of every byte (a table lookup, one byte per byte)."""
+    table = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(
+        axis=1, dtype=np.uint8)
+    out: np.ndarray = table[bitmap]
+    return out
+
+
+class _NoPageSink:
+    """A sink for a split file written after the device filled up: header, bitmaps and the
+    reserved descriptor table go in, the first page write reports the full device."""
+
+    def __init__(self, inner: FileSink) -> None:
+        self.inner = inner
+        self.stats = inner.stats
+        self.limit: int | None = None
+
+    def reserve(self, size: int) -> None:
+        self.inner.reserve(size)
+        self.limit = size
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        if self.limit is not None and offset >= self.limit:
+            raise OutOfSpace(errno.ENOSPC, "no space left for this file's pages (an earlier "
+                             "file of the set filled the device)", self.inner.path)
+        self.inner.pwrite(data, offset)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+
+def write_split_files(dump: PhysicalMemory, bm: PageBitmaps, paths: list[str],
+                      opts: WriteOptions, *, input_path: str | None = None,
+                      progress: Callable[[int, int], None] | None = None,
+                      overwrite: bool = False) -> list[WriteResult]:
+    """Write a ``--split`` set: one kdump-compressed file per path, each with the whole bitmaps,
+    the split flag and its pfn range (:func:`split_ranges`: equal numbers of dumped pages) in the
+    sub header, and the descriptors and pages of its range only.
+
+    Safety as :func:`write_dump_file`: every file is written to a temporary name and all are
+    renamed only when all are written. On a full device the file being written is kept
+    incomplete (flag set), the later files are written without pages (flag set) where their
+    header and tables still fit, and :class:`IncompleteDumpError` says what was saved; on any
+    other error every temporary file is removed.
+    """
+    if len(paths) < 2:
+        raise KdlayoutError("--split needs at least two DUMPFILEs")
+    src = input_path or dump.info.path
+    for i, path in enumerate(paths):
+        if same_file(src, path):
+            raise KdlayoutError("refusing to overwrite the input dump", path=path)
+        if any(same_file(p, path) for p in paths[:i]):
+            raise KdlayoutError("DUMPFILE given twice", path=path)
+        if not overwrite and os.path.lexists(path):
+            raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=path)
+    ranges = split_ranges(bm, len(paths))
+    # one header for all (makedumpfile --reassemble wants the disk_dump_headers byte-equal)
+    opts = replace(opts, timestamp=time.time() if opts.timestamp is None else opts.timestamp)
+    tmps: list[tuple[int, str, str]] = []          # fd, temporary name, final name
+    results: list[WriteResult] = []
+    missing: list[str] = []
+    full: OutOfSpace | None = None
+    try:
+        for path, rng in zip(paths, ranges, strict=True):
+            fd, tmp = _temp_for(path)
+            tmps.append((fd, tmp, path))
+            file_sink = FileSink(fd, path)
+            sink: Sink = file_sink if full is None else _NoPageSink(file_sink)
+            try:
+                res = write_kdump(dump, bm, sink, opts, progress, split=rng)
+            except OutOfSpace as exc:          # not even its header and tables fit
+                full = full or exc
+                os.close(fd)
+                os.unlink(tmp)
+                tmps.pop()
+                missing.append(path)
+                continue
+            if res.incomplete:
+                full = full or OutOfSpace(errno.ENOSPC, res.error or "no space", path)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, res.size)
+            results.append(res)
+        if not results:
+            raise KdlayoutError(f"no space left on the output device: {full and full.strerror}",
+                                path=paths[0])
+        for _fd, tmp, path in tmps:
+            _publish(tmp, path, overwrite)
+        for directory in {os.path.dirname(os.path.abspath(p)) for _, _, p in tmps}:
+            _fsync_dir(directory)
+    except BaseException:
+        for _fd, tmp, _path in tmps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    finally:
+        for fd, _tmp, _path in tmps:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    if full is not None:
+        saved = sum(r.pages_written for r in results)
+        total = count_dumpable(bm)
+        gone = f"; not written: {', '.join(missing)}" if missing else ""
+        raise IncompleteDumpError(
+            f"incomplete split dump, {full.strerror}: {saved} of {total} pages saved in "
+            f"{len(results)} files; their headers carry DUMP_DH_COMPRESSED_INCOMPLETE where "
+            f"pages are missing{gone}", path=paths[0])
+    return results
 
 
 # --------------------------------------------------------------------------------------------

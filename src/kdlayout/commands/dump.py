@@ -3,18 +3,25 @@
 Option names and meanings follow makedumpfile (``makedumpfile -c -d 31 /proc/vmcore DUMPFILE``
 as kdump-tools runs it): ``-d`` dump level, ``-c/-l/-p/-z`` page compression (none: pages stored
 raw), ``-F`` flattened format on stdout, ``--num-threads``, ``-x`` vmlinux, ``-i`` VMCOREINFO file,
-``--message-level``, ``-E`` (ELF output, uncompressed), ``--dump-dmesg`` (the crashed kernel's log
+``--message-level``, ``-E`` (ELF output, uncompressed), ``--split`` (a set of files by pfn
+range), ``--check-params``, ``-D``; ``-b``, ``--cyclic-buffer``, ``--non-cyclic``,
+``--splitblock-size`` and ``--work-dir`` are accepted and checked but tune only makedumpfile's
+internals (no effect here); ``--dump-dmesg`` (the crashed kernel's log
 to DUMPFILE instead of a dump, see ``kdlayout.commands.dmesg``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
+from .. import codecs
+from ..compress import backend_name
 from ..diskdump_write import FlatSink, OutOfSpace
 from ..dumpfile import open_dump
 from ..errors import KdlayoutError
@@ -30,6 +37,7 @@ from ..writer import (
     write_dump_file,
     write_elf,
     write_kdump,
+    write_split_files,
 )
 from .common import add_source_arguments, resolve_options
 from .dmesg import add_dmesg_arguments, dump_dmesg
@@ -54,6 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "makedumpfile read it). The file appears under its name only when complete.")
     p.add_argument("vmcore", metavar="VMCORE")
     p.add_argument("dumpfile", metavar="DUMPFILE", nargs="?")
+    p.add_argument("more_dumpfiles", metavar="DUMPFILE2", nargs="*",
+                   help="with --split: the further files of the set")
     p.add_argument("-d", "--dump-level", type=int, default=0, metavar="LEVEL",
                    help="makedumpfile dump level 0-31 (default 0: every page)")
     comp = p.add_mutually_exclusive_group()
@@ -71,8 +81,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="ELF output: the input's notes and one PT_LOAD per run of kept pages")
     p.add_argument("-f", dest="force", action="store_true",
                    help="overwrite DUMPFILE if it exists (refused otherwise)")
-    p.add_argument("--num-threads", type=int, default=2, metavar="N",
-                   help="compression threads (default 2)")
+    p.add_argument("--num-threads", type=int, default=None, metavar="N",
+                   help="compression threads (default per codec: 2 for zlib, else 1; 0 as 1)")
+    p.add_argument("--split", action="store_true",
+                   help="write a split set VMCORE DUMPFILE1 DUMPFILE2 ... (kdump-compressed): "
+                        "each file the pages of its own pfn range, about equal in pages")
+    p.add_argument("--check-params", action="store_true",
+                   help="only check the command line, then exit 0 (nothing read or written)")
+    p.add_argument("-D", dest="debug", action="store_true",
+                   help="debug messages (codec backend, threads, timings) on stderr")
+    # makedumpfile options that tune its own internals: accepted, checked, no effect here
+    # (docs/writer.md): bitmaps are 2 bits per pfn in memory, writes are batched in chunks of
+    # 256 pages, split ranges are balanced by pages exactly
+    p.add_argument("-b", dest="block_order", type=int, metavar="ORDER",
+                   help="makedumpfile's write cache of 2^ORDER pages (no effect)")
+    p.add_argument("--cyclic-buffer", type=int, metavar="KIB",
+                   help="makedumpfile's bitmap buffer per cycle (no effect)")
+    p.add_argument("--non-cyclic", action="store_true",
+                   help="makedumpfile: whole bitmaps in memory (always so here; no effect)")
+    p.add_argument("--splitblock-size", type=int, metavar="KIB",
+                   help="makedumpfile's --split balancing granule (no effect: balanced exactly)")
+    p.add_argument("--work-dir", metavar="DIR",
+                   help="makedumpfile's directory for a bitmap file (no effect: in memory)")
     p.add_argument("-x", dest="vmlinux", metavar="VMLINUX",
                    help="vmlinux with DWARF of the crashed kernel (same as --vmlinux)")
     p.add_argument("--message-level", type=int, default=DEFAULT_MESSAGE_LEVEL, metavar="N",
@@ -111,10 +141,14 @@ def run(args: argparse.Namespace) -> int:
         return run_dump_dmesg(args)
     if args.elf and args.codec:
         raise KdlayoutError("-E writes uncompressed ELF: give no -c/-l/-p/-z")
-    if not 0 <= args.dump_level <= 31:
-        raise KdlayoutError(f"dump level {args.dump_level} is not in 0..31")
-    if args.num_threads < 1:
-        raise KdlayoutError("--num-threads must be at least 1")
+    check_compat_options(args)
+    if args.split:
+        if args.flatten or args.elf:
+            raise KdlayoutError("--split writes kdump-compressed files: give no -F or -E")
+        if args.dumpfile is None or not args.more_dumpfiles:
+            raise KdlayoutError("--split needs at least two DUMPFILEs")
+    elif args.more_dumpfiles:
+        raise KdlayoutError("more than one DUMPFILE needs --split")
     if args.flatten:
         if args.dumpfile is not None:
             raise KdlayoutError("-F writes to stdout: give no DUMPFILE")
@@ -123,15 +157,21 @@ def run(args: argparse.Namespace) -> int:
     elif args.dumpfile is None:
         raise KdlayoutError("DUMPFILE is required (or -F for stdout)")
     ml = args.message_level
+    threads = None if args.num_threads is None else max(1, args.num_threads)
+    opts = WriteOptions(compression=CODEC_FLAGS[args.codec or "none"], threads=threads)
+    codecs.require(opts.compression)
+    if args.check_params:
+        if ml & ML_COMMON:
+            sys.stderr.write("Commandline parameter is valid.\n")
+        return 0
     progress = _Progress(bool(ml & ML_PROGRESS))
-    opts = WriteOptions(compression=CODEC_FLAGS[args.codec or "none"], threads=args.num_threads)
     t0 = time.perf_counter()
     with open_dump(args.vmcore) as dump:
         if args.dump_level & ~1 == 0:
             bm = level0_bitmaps(dump, args.dump_level)
         else:
             layout = resolve(dump, resolve_options(args)).layout
-            bm = scan_bitmaps(dump, layout, args.dump_level, threads=args.num_threads,
+            bm = scan_bitmaps(dump, layout, args.dump_level, threads=threads or 2,
                               progress=lambda d, t: progress("Excluding pages", d, t))
 
         def prog(done: int, total: int) -> None:
@@ -146,21 +186,56 @@ def run(args: argparse.Namespace) -> int:
                                  "pages written", "<stdout>")
         else:
             try:
-                res = write_dump_file(dump, bm, str(args.dumpfile), opts, input_path=args.vmcore,
-                                      progress=prog, elf=args.elf,
-                                      overwrite=args.force)
+                if args.split:
+                    parts = write_split_files(dump, bm, [str(args.dumpfile), *args.more_dumpfiles],
+                                              opts, input_path=args.vmcore, progress=prog,
+                                              overwrite=args.force)
+                    res = replace(parts[0], pages_dumped=sum(r.pages_dumped for r in parts),
+                                  pages_written=sum(r.pages_written for r in parts),
+                                  zero_pages=sum(r.zero_pages for r in parts),
+                                  raw_pages=sum(r.raw_pages for r in parts),
+                                  size=sum(r.size for r in parts))
+                else:
+                    res = write_dump_file(dump, bm, str(args.dumpfile), opts,
+                                          input_path=args.vmcore, progress=prog, elf=args.elf,
+                                          overwrite=args.force)
             except IncompleteDumpError:
                 if ml & ML_COMMON:
                     sys.stderr.write("\nThe dumpfile is incomplete: not enough space.\n")
                 raise
     elapsed = time.perf_counter() - t0
+    if args.debug:
+        sys.stderr.write(f"kdlayout dump: codec {args.codec or 'none'} via "
+                         f"{backend_name(opts.compression)}, threads {threads or 'default'}, "
+                         f"{res.pages_written} pages, write {res.seconds:.3f} s "
+                         + " ".join(f"{k} {v:.3f}" for k, v in res.timings.items()) + "\n")
     if ml & ML_REPORT:
         print_report(bm, res)
     if ml & ML_COMMON:
-        where = "stdout" if args.flatten else str(args.dumpfile)
+        where = ("stdout" if args.flatten else
+                 ", ".join([str(args.dumpfile), *args.more_dumpfiles]) if args.split
+                 else str(args.dumpfile))
         sys.stderr.write(f"\nThe dumpfile is saved to {where}.\n\n"
                          f"kdlayout dump completed in {elapsed:.1f} s.\n")
     return 0
+
+
+def check_compat_options(args: argparse.Namespace) -> None:
+    """Range checks of the makedumpfile options (also for --check-params)."""
+    if not 0 <= args.dump_level <= 31:
+        raise KdlayoutError(f"dump level {args.dump_level} is not in 0..31")
+    if args.num_threads is not None and args.num_threads < 0:
+        raise KdlayoutError("--num-threads must not be negative")
+    if args.block_order is not None and not 0 <= args.block_order <= 30:
+        raise KdlayoutError(f"-b {args.block_order}: the order is not in 0..30")
+    for name in ("cyclic_buffer", "splitblock_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise KdlayoutError(f"--{name.replace('_', '-')} must be positive")
+    if args.non_cyclic and args.cyclic_buffer is not None:
+        raise KdlayoutError("--non-cyclic and --cyclic-buffer exclude each other")
+    if args.work_dir is not None and not os.path.isdir(args.work_dir):
+        raise KdlayoutError("--work-dir is not a directory", path=args.work_dir)
 
 
 def run_dump_dmesg(args: argparse.Namespace) -> int:
