@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,7 +42,6 @@ from .memmodel import MemMap, build_memmap
 from .physmem import PhysicalMemory
 from .semantics import (
     HugetlbMarker,
-    HugetlbRule,
     PageTypeRule,
     Semantics,
     SlabMarker,
@@ -144,10 +144,11 @@ def primary_classes(codes: np.ndarray, dump_level: int) -> np.ndarray:
     return out
 
 
-def count_classes(codes: np.ndarray, valid: np.ndarray, dump_level: int) -> dict[str, int]:
-    """Excluded pages per class at ``dump_level`` among ``valid`` pages, attributed like
-    makedumpfile's report (see :func:`primary_classes`)."""
-    per_code = np.bincount(codes[valid].astype(np.uint8, copy=False), minlength=256)
+def count_classes(codes: np.ndarray, valid: np.ndarray | None, dump_level: int) -> dict[str, int]:
+    """Excluded pages per class at ``dump_level`` among ``valid`` pages (None: all), attributed
+    like makedumpfile's report (see :func:`primary_classes`)."""
+    sel = codes if valid is None else codes[valid]
+    per_code = np.bincount(sel.astype(np.uint8, copy=False), minlength=256)
     prim = _luts(dump_level)[1]
     hist = np.bincount(prim, weights=per_code, minlength=len(CLASS_NAMES) + 1)
     return {name: int(hist[i]) for i, name in enumerate(CLASS_NAMES)}
@@ -250,42 +251,72 @@ class ScanResult:
 
 @dataclass(frozen=True)
 class _Field:
-    """A little-endian field of ``size`` bytes at byte ``offset`` of a head's ``struct page``
-    array (``offset >= SIZE(page)`` reaches into following pages)."""
+    """Where one little-endian field lies, relative to a head's row of 64-bit words: ``page``
+    struct pages after the head, word ``word`` of that row, bits ``shift`` up; ``spill`` when it
+    continues into the next word. Values are masked with ``mask``."""
 
-    offset: int
-    size: int
+    page: int
+    word: int
+    shift: int
+    mask: int
+    spill: bool
 
-    def page(self, psize: int) -> int:
-        return self.offset // psize
+    @classmethod
+    def at(cls, offset: int, size: int, psize: int) -> _Field:
+        page, off = divmod(offset, psize)
+        word, byte = divmod(off, 8)
+        return cls(page, word, 8 * byte, (1 << (8 * size)) - 1, byte + size > 8)
 
-    def in_page(self, psize: int) -> int:
-        return self.offset % psize
-
-
-def _extract(words: np.ndarray | None, raw: np.ndarray, off: int, size: int) -> np.ndarray:
-    """The ``size``-byte little-endian field at byte ``off`` of every row, as uint64.
-
-    ``words`` is the rows as uint64 words (None when they are not 8-byte aligned); ``raw`` the
-    rows as bytes, used when the field straddles two words.
-    """
-    w, s = divmod(off, 8)
-    if s + size <= 8 and words is not None:
-        col = words[:, w]
-        if s == 0 and size == 8:
-            return col
-        out: np.ndarray = (col >> _U64(8 * s)) & _U64((1 << (8 * size)) - 1)
+    def get(self, words: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+        """The field (uint64) of the rows ``rows`` of ``words`` (rows already include ``page``)."""
+        w = words[rows, self.word]
+        if self.spill:
+            v = (w >> _U64(self.shift)) | (words[rows, self.word + 1] << _U64(64 - self.shift))
+        elif self.shift:
+            v = w >> _U64(self.shift)
+        else:
+            v = w
+        if self.mask == _MASK64:
+            return np.asarray(v)
+        out: np.ndarray = v & _U64(self.mask)
         return out
-    b = np.zeros((raw.shape[0], 8), dtype=np.uint8)
-    b[:, :size] = raw[:, off:off + size]
-    res: np.ndarray = b.view("<u8").reshape(-1)
-    return res
+
+    def word_mask(self, mask: int) -> int | None:
+        """``mask`` on the field as a mask on its (first) word, if the field does not spill."""
+        if self.spill:
+            return None
+        return ((mask & self.mask) << self.shift) & _MASK64
 
 
-def _bit(flags: np.ndarray, bit: int | None) -> np.ndarray:
-    if bit is None:
+def _nz(b: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero`` for a mostly-false bool array: looks at 8 rows per step, then only
+    into the words with a true row."""
+    m = len(b) & ~7
+    if m and b.ctypes.data % 8 == 0 and b.flags.c_contiguous:
+        words = b[:m].view(np.uint64)
+        wi = np.flatnonzero(words)
+        if len(wi) * 4 > len(words):
+            return np.flatnonzero(b)
+        row, col = np.nonzero(b[:m].reshape(-1, 8)[wi])
+        head: np.ndarray = wi[row] * 8 + col
+        if m == len(b):
+            return head
+        return np.concatenate((head, np.flatnonzero(b[m:]) + m))
+    out: np.ndarray = np.flatnonzero(b)
+    return out
+
+
+def _narrow_dtype(mask: int) -> type[np.unsignedinteger[Any]]:
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if mask < 1 << (8 * np.dtype(dt).itemsize):
+            return dt
+    return np.uint64
+
+
+def _bit(flags: np.ndarray, mask: int) -> np.ndarray:
+    if not mask:
         return np.zeros(flags.shape, dtype=bool)
-    r: np.ndarray = (flags & _U64(1 << bit)) != 0
+    r: np.ndarray = (flags & _U64(mask)) != 0
     return r
 
 
@@ -316,13 +347,50 @@ class _Anomalies:
 
 
 @dataclass
-class _Block:
-    """Per-pfn fields of ``[start, start + n)`` plus one page of look-ahead (index ``n``)."""
+class _Rows:
+    """``struct page`` rows as 64-bit words: row ``i`` is pfn ``pfns[i]`` (``start + i`` when
+    ``pfns`` is None). ``has`` is None when every row is in the dump; missing rows are zeros."""
 
-    start: int
-    n: int
-    has: np.ndarray          # struct page in the dump
-    fields: dict[str, np.ndarray]
+    words: np.ndarray
+    has: np.ndarray | None
+    start: int = 0
+    pfns: np.ndarray | None = None
+
+    def pfn(self, idx: np.ndarray) -> np.ndarray:
+        if self.pfns is None:
+            out: np.ndarray = idx + self.start
+            return out
+        r: np.ndarray = self.pfns[idx]
+        return r
+
+
+@dataclass
+class _Own:
+    """A page's own classification, as a head or single page (tails are resolved later)."""
+
+    code: np.ndarray          # uint8 per row
+    tail: np.ndarray          # bool per row: a tail page (fake heads included)
+    fake: np.ndarray          # rows of fake heads: their tail word is the next row's
+    heads: np.ndarray         # rows of valid compound heads
+    head_len: np.ndarray      # their size in pages
+    free: np.ndarray          # rows of valid free-block heads (buddy or unaccepted)
+    free_len: np.ndarray      # their size in pages
+
+
+class _Dense(NamedTuple):
+    """The fields the dense rules test, narrowed (unsigned, low bits kept): the flags field (all
+    bits the rules use), the low byte of the tail word and of ``mapping``, and the page-type
+    field masked with the union of its rules' masks (None when they need the per-rule path)."""
+
+    flags: np.ndarray
+    tail: np.ndarray
+    mapping: np.ndarray
+    ptype: np.ndarray | None
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+_FREE = np.uint8(PageClass.FREE)
+_ANOMALY = np.uint8(PageClass.ANOMALY)
 
 
 class Scanner:
@@ -350,43 +418,74 @@ class Scanner:
         self.dump = dump
         self.sem = semantics
         self.mm = memmap
-        self.psize = memmap.page_struct_size
+        self.psize = psize = memmap.page_struct_size
         self.page_size = semantics.memory.page_size
         self.page_shift = semantics.memory.page_shift
         s = semantics
         fl = s.flags
-        self._word = fl.word_size
-        self._fields: dict[str, _Field] = {
-            "flags": _Field(fl.flags_offset, fl.word_size),
-            "ptype": _Field(s.page_types.field_offset, s.page_types.field_size),
-            "mapping": _Field(mapping_offset, fl.word_size),
-            "private": _Field(s.free.order_offset, s.free.order_size),
-            "info": _Field(s.compound.tail_offset, fl.word_size),
-            "order": _Field(s.compound.order_offset, s.compound.order_size),
-        }
-        if s.compound.hugetlb is not None:
-            ht = s.compound.hugetlb
-            self._fields["hugetlb"] = _Field(ht.offset, ht.size)
-        if s.slab.marker is SlabMarker.PAGE_TYPE:
-            assert s.slab.type_rule is not None
-            self._fields["slab"] = _Field(s.slab.type_rule.field_offset,
-                                          s.slab.type_rule.field_size)
-        self.lookahead = max(f.page(self.psize) for f in self._fields.values())
-        # Each field is read as the aligned 64-bit word holding it (shared between fields in one
-        # word: flags and the order in _flags_1, page_type and the slab/hugetlb types) and
-        # shifted out only where a sparse subset needs its value; type tests shift the rule.
-        self._keys: dict[str, tuple[int, int]] = {}
-        self._shift: dict[str, int] = {}
-        self._fmask: dict[str, int] = {}
-        for name, f in self._fields.items():
-            off = f.in_page(self.psize)
-            if off % 8 + f.size <= 8 and self.psize % 8 == 0:
-                self._keys[name] = (off - off % 8, 8)
-                self._shift[name] = 8 * (off % 8)
-            else:
-                self._keys[name] = (off, f.size)
-                self._shift[name] = 0
-            self._fmask[name] = (1 << (8 * f.size)) - 1
+        # rows are read as 64-bit words; a struct page whose size is not a multiple of 8 is
+        # copied into padded rows
+        self._aligned = psize % 8 == 0
+        self._nwords = -(-psize // 8) + (0 if self._aligned else 1)
+        self._flags = _Field.at(fl.flags_offset, fl.word_size, psize)
+        self._ptype = _Field.at(s.page_types.field_offset, s.page_types.field_size, psize)
+        self._mapping = _Field.at(mapping_offset, fl.word_size, psize)
+        self._private = _Field.at(s.free.order_offset, s.free.order_size, psize)
+        self._info = _Field.at(s.compound.tail_offset, fl.word_size, psize)
+        self._order = _Field.at(s.compound.order_offset, s.compound.order_size, psize)
+        ht = s.compound.hugetlb
+        self._hugetlb = None if ht is None else _Field.at(ht.offset, ht.size, psize)
+        slab_rule = s.slab.type_rule if s.slab.marker is SlabMarker.PAGE_TYPE else None
+        self._slab = None if slab_rule is None else _Field.at(
+            slab_rule.field_offset, slab_rule.field_size, psize)
+        fields = [self._flags, self._ptype, self._mapping, self._private, self._info,
+                  self._order] + [f for f in (self._hugetlb, self._slab) if f is not None]
+        self.lookahead = max(f.page for f in fields)
+        if any(f.page for f in (self._flags, self._ptype, self._mapping, self._private,
+                                self._info)):
+            raise ValueError("per-page fields must lie inside struct page")
+
+        def m(name: str) -> int:
+            bit = fl.bit(name)
+            return 0 if bit is None else 1 << bit
+
+        # page-flag masks (on the flags field's value)
+        self._m_head = s.compound.head_mask
+        self._m_lru = m("PG_lru")
+        self._m_sc, self._m_sb = m("PG_swapcache"), m("PG_swapbacked")
+        self._m_priv = m("PG_private") | m("PG_private_2")
+        self._m_hwp = m("PG_hwpoison")
+        self._m_slab = 0 if s.slab.flag_bit is None else 1 << s.slab.flag_bit
+        self._m_buddy = 0 if s.free.buddy_flag_bit is None else 1 << s.free.buddy_flag_bit
+        self._m_flags = (self._m_head | self._m_lru | self._m_sc | self._m_sb | self._m_priv
+                         | self._m_hwp | self._m_slab | self._m_buddy)
+        # page-type rules tested on the word holding page_type, masked once with their union
+        self._rules: dict[str, PageTypeRule] = {}
+        for name, rule in (("buddy", s.free.buddy), ("unaccepted", s.free.unaccepted),
+                           ("offline", s.page_types.get("offline")), ("slab", slab_rule)):
+            if rule is not None:
+                self._rules[name] = rule
+        ht = s.compound.hugetlb
+        if (ht is not None and ht.marker is HugetlbMarker.PAGE_TYPE
+                and ht.offset == s.page_types.field_offset
+                and ht.size == s.page_types.field_size):
+            # the head's own page type (PG_hugetlb, PGTY_hugetlb): tested with the others
+            self._rules["hugetlb"] = PageTypeRule("hugetlb", ht.offset, ht.size, ht.mask,
+                                                  ht.value, 0)
+        self._pt_same = all(r.field_offset == s.page_types.field_offset
+                            and r.field_size == s.page_types.field_size
+                            for r in self._rules.values())
+        union = 0
+        for r in self._rules.values():
+            union |= r.mask
+        self._pt_union = union
+        # narrowest unsigned type holding every tested bit of a field (the copy truncates)
+        self._fl_dtype = _narrow_dtype(self._m_flags)
+        pf = self._ptype
+        self._pt_dtype = (_narrow_dtype(union) if self._rules and self._pt_same and not pf.spill
+                          else None)
+        if s.mapping.anon > 0xFF:
+            raise ValueError("the anon bits must lie in the low byte of page.mapping")
         # Largest compound order the memory model allows (orders beyond it are anomalies).
         mpb = s.memory.max_physmem_bits or 52
         self.max_compound_order = mpb - self.page_shift
@@ -399,31 +498,19 @@ class Scanner:
         self._v_map = self._sec_map[by_v]
         self._v_pfn = self._sec_pfn[by_v]
         self._v_n = self._sec_n[by_v]
+        # VMEMMAP: one linear array, struct page of pfn p at base + p * SIZE(page)
+        self._vbase: int | None = None
+        if secs:
+            base = (secs[0].mem_map - secs[0].start_pfn * psize) & _MASK64
+            if all(((x.mem_map - x.start_pfn * psize) & _MASK64) == base for x in secs):
+                self._vbase = base
         ranges = dump.ranges()
         self._r_start = np.array([r.start for r in ranges], dtype=np.int64)
         self._r_end = np.array([r.end for r in ranges], dtype=np.int64)
         self._chunk_start = np.array([c.start_pfn for c in memmap.chunks], dtype=np.int64)
+        self._chunk_end = np.array([c.start_pfn + c.nr_pages for c in memmap.chunks],
+                                   dtype=np.int64)
         self.max_pfn = self._max_pfn()
-
-    # --- field values
-
-    def _val(self, name: str, words: np.ndarray) -> np.ndarray:
-        """The field ``name`` out of the words that hold it."""
-        sh, fm = self._shift[name], self._fmask[name]
-        if sh == 0 and fm == _MASK64:
-            return words
-        out: np.ndarray = (words >> _U64(sh)) & _U64(fm)
-        return out
-
-    def _tm(self, name: str, words: np.ndarray, rule: PageTypeRule | HugetlbRule | None
-            ) -> np.ndarray:
-        """``(field & rule.mask) == rule.value`` tested on the words holding the field."""
-        if rule is None:
-            return np.zeros(words.shape, dtype=bool)
-        sh = self._shift[name]
-        r: np.ndarray = (words & _U64((rule.mask & self._fmask[name]) << sh)) == _U64(
-            rule.value << sh)
-        return r
 
     # --- geometry
 
@@ -458,16 +545,27 @@ class Scanner:
 
     # --- reading struct pages
 
-    def _read_block(self, start: int, n: int) -> _Block:
-        """Fields of pfns ``[start, start + n + lookahead)``, zero where no struct page."""
-        total = n + self.lookahead + 1
+    def _rows(self, start: int, total: int) -> _Rows:
+        """``struct page`` rows of pfns ``[start, start + total)``."""
+        psize = self.psize
         end = start + total
-        has = np.zeros(total, dtype=bool)
-        # fields at the same place in the page (flags and the order in _flags_1, page_type and
-        # the slab/hugetlb types) are extracted once
-        arrays = {key: np.zeros(total, dtype=np.uint64) for key in set(self._keys.values())}
-        ci = max(int(np.searchsorted(self._chunk_start, start, side="right")) - 1, 0)
         chunks = self.mm.chunks
+        ci = int(np.searchsorted(self._chunk_start, start, side="right")) - 1
+        if self._aligned and ci >= 0:
+            # one chunk holds the rows; look-ahead rows that no chunk has are left out
+            have = min(int(self._chunk_end[ci]), end) - start
+            nxt = int(self._chunk_start[ci + 1]) if ci + 1 < len(chunks) else end
+            if have == total or (have >= total - self.lookahead - 1 and nxt >= end):
+                c = chunks[ci]
+                try:
+                    raw = self.dump.view(c.paddr + (start - c.start_pfn) * psize, have * psize)
+                except KdlayoutError:
+                    raw = None
+                if raw is not None and raw.ctypes.data % 8 == 0:
+                    return _Rows(raw.view("<u8").reshape(have, self._nwords), None, start)
+        buf = np.zeros((total, 8 * self._nwords), dtype=np.uint8)
+        has = np.zeros(total, dtype=bool)
+        ci = max(ci, 0)
         while ci < len(chunks) and chunks[ci].start_pfn < end:
             c = chunks[ci]
             ci += 1
@@ -475,281 +573,317 @@ class Scanner:
             if lo >= hi:
                 continue
             try:
-                raw = self.dump.view(c.paddr + (lo - c.start_pfn) * self.psize,
-                                     (hi - lo) * self.psize)
+                raw = self.dump.view(c.paddr + (lo - c.start_pfn) * psize, (hi - lo) * psize)
             except KdlayoutError:
                 continue   # counted by classify_block; the pages are kept
-            rows = raw.reshape(hi - lo, self.psize)
-            words = (rows.view("<u8") if self.psize % 8 == 0 and raw.ctypes.data % 8 == 0
-                     else None)
-            d0 = lo - start
-            has[d0:d0 + hi - lo] = True
-            # cache-sized slices: every field of a slice is taken while its lines are in cache
-            for s0 in range(0, hi - lo, _CACHE_PAGES):
-                s1 = min(s0 + _CACHE_PAGES, hi - lo)
-                w = None if words is None else words[s0:s1]
-                for key, arr in arrays.items():
-                    if w is not None and key[1] == 8 and key[0] % 8 == 0:
-                        arr[d0 + s0:d0 + s1] = w[:, key[0] // 8]
-                    else:
-                        arr[d0 + s0:d0 + s1] = _extract(w, rows[s0:s1], key[0], key[1])
-        return _Block(start, n, has, {name: arrays[key] for name, key in self._keys.items()})
+            buf[lo - start:hi - start, :psize] = raw.reshape(hi - lo, psize)
+            has[lo - start:hi - start] = True
+        return _Rows(buf.view("<u8"), has, start)
 
-    def _read_pages(self, pfns: np.ndarray) -> _Block:
-        """Fields of a few scattered pfns (heads outside a block), each with its look-ahead.
-
-        Returns a block whose row ``k * (lookahead + 1) + j`` is page ``pfns[k] + j``.
-        """
+    def _rows_of(self, pfns: np.ndarray) -> _Rows:
+        """Rows of a few scattered pfns (heads outside a block), each with its look-ahead: row
+        ``k * (lookahead + 1) + j`` is pfn ``pfns[k] + j``."""
         step = self.lookahead + 1
-        total = len(pfns) * step
-        has = np.zeros(total, dtype=bool)
-        arrays = {key: np.zeros(total, dtype=np.uint64) for key in set(self._keys.values())}
-        for k, p in enumerate(pfns.tolist()):       # a handful of heads per block boundary
-            for j in range(step):
-                pa = self.mm.page_paddr(p + j)
-                if pa is None:
-                    continue
-                try:
-                    raw = np.frombuffer(self.dump.read(pa, self.psize), dtype=np.uint8)
-                except KdlayoutError:
-                    continue
-                row = raw.reshape(1, self.psize)
-                words = row.view("<u8") if self.psize % 8 == 0 else None
-                has[k * step + j] = True
-                for key, arr in arrays.items():
-                    arr[k * step + j] = _extract(words, row, key[0], key[1])[0]
-        return _Block(-1, total, has, {name: arrays[key] for name, key in self._keys.items()})
+        want = (pfns[:, None] + np.arange(step, dtype=np.int64)).reshape(-1)
+        buf = np.zeros((len(want), 8 * self._nwords), dtype=np.uint8)
+        has = np.zeros(len(want), dtype=bool)
+        for k, p in enumerate(want.tolist()):       # a handful of heads per block boundary
+            pa = self.mm.page_paddr(p)
+            if pa is None:
+                continue
+            try:
+                buf[k, :self.psize] = np.frombuffer(self.dump.read(pa, self.psize), np.uint8)
+            except KdlayoutError:
+                continue
+            has[k] = True
+        return _Rows(buf.view("<u8"), has, pfns=want)
 
     # --- classification
 
-    def _own_codes(self, b: _Block, idx: np.ndarray | None, pfns: np.ndarray,
-                   anomalies: _Anomalies, limit: int = 0) -> tuple[np.ndarray, np.ndarray,
-                                                                   np.ndarray, np.ndarray]:
-        """Classify pages ``idx`` of block ``b`` (None: every row) as heads or single pages.
+    def _gather(self, words: np.ndarray) -> _Dense:
+        """The words every rule tests, narrowed into contiguous arrays in one pass over the rows.
 
-        Returns (code, range length in pages, head_ok, free_len) where range length is the
-        compound page size (1 for a single page), free_len the free block length (0 if none).
-        Anomalies are counted for the first ``limit`` pages only (the rest is look-ahead).
-        Dense work is a few passes over ``flags``/``page_type``/``mapping``; the rest runs on the
-        (sparse) pages a first test selected.
+        The rows are walked in slices that fit in L2, so the four strided reads of a slice cost
+        about one read of its cache lines from memory.
+        """
+        nrows = len(words)
+        fl = np.empty(nrows, dtype=self._fl_dtype)
+        tl = np.empty(nrows, dtype=np.uint8)
+        mp = np.empty(nrows, dtype=np.uint8)
+        pt = None if self._pt_dtype is None else np.empty(nrows, dtype=self._pt_dtype)
+        f_fl, f_in, f_mp, f_pt = self._flags, self._info, self._mapping, self._ptype
+        for s0 in range(0, nrows, _CACHE_PAGES):
+            s1 = min(s0 + _CACHE_PAGES, nrows)
+            w = words[s0:s1]
+            for f, out in ((f_fl, fl), (f_in, tl), (f_mp, mp), (f_pt, pt)):
+                if out is None:
+                    continue
+                if f.spill or f.shift:
+                    np.copyto(out[s0:s1], f.get(w, slice(None)), casting="unsafe")
+                else:
+                    np.copyto(out[s0:s1], w[:, f.word], casting="unsafe")
+        if pt is not None:
+            pt &= pt.dtype.type(self._pt_union)
+        return _Dense(fl, tl, mp, pt)
+
+    def _test(self, words: np.ndarray, f: _Field, mask: int, value: int) -> np.ndarray:
+        """``(field & mask) == value`` for every row."""
+        wm = f.word_mask(mask)
+        if wm is not None:
+            r: np.ndarray = (words[:, f.word] & _U64(wm)) == _U64((value & f.mask) << f.shift)
+            return r
+        out: np.ndarray = (f.get(words, slice(None)) & _U64(mask)) == _U64(value)
+        return out
+
+    def _own(self, r: _Rows, anomalies: _Anomalies, limit: int) -> _Own:
+        """Classify every row of ``r`` as a head or single page.
+
+        Dense work is one pass over each of the words holding flags, the tail word, mapping and
+        page_type; heads, free blocks and hugetlb markers are handled on the (sparse) rows a
+        dense test selected. Anomalies are counted for rows below ``limit`` only (the rest is
+        look-ahead).
         """
         s = self.sem
-        f = b.fields
+        words, has = r.words, r.has
+        nrows = len(words)
+        last = nrows - 1
+        g = self._gather(words)
+        fl = g.flags
+        tail = (g.tail & np.uint8(1)).view(bool)
+        c = s.compound
+        ptw = g.ptype
 
-        def sel(a: np.ndarray) -> np.ndarray:
-            return a if idx is None else a[idx]
+        def ptest(name: str) -> np.ndarray:
+            """Rows whose page type is ``name`` (dense)."""
+            rule = self._rules[name]
+            if ptw is None:
+                f = _Field.at(rule.field_offset, rule.field_size, self.psize)
+                return self._test(words, f, rule.mask, rule.value)
+            if rule.mask == self._pt_union:
+                e: np.ndarray = ptw == rule.value
+                return e
+            t: np.ndarray = (ptw & rule.mask) == rule.value
+            return t
 
-        def rows(sub: np.ndarray) -> np.ndarray:
-            return sub if idx is None else idx[sub]
+        def is_slab(idx: np.ndarray) -> np.ndarray:
+            """Whether rows ``idx`` are slab pages (struct slab overlays mapping and
+            _mapcount: such a row is never anonymous, free or offline)."""
+            if "slab" in self._rules:
+                rule = self._rules["slab"]
+                if ptw is None:
+                    f = _Field.at(rule.field_offset, rule.field_size, self.psize)
+                    v = f.get(words, idx)
+                else:
+                    v = ptw[idx]
+                r1: np.ndarray = (v & rule.mask) == rule.value
+                return r1
+            r2: np.ndarray = (fl[idx] & self._m_slab) != 0
+            return r2
 
-        n = len(b.has) if idx is None else len(idx)
-        last = len(b.has) - 1
-        flags = self._val("flags", sel(f["flags"]))
-        ptype = sel(f["ptype"])
-        has = sel(b.has)
-        fl = s.flags
-        code = np.zeros(n, dtype=np.uint8)
-        length = np.ones(n, dtype=np.int64)
-        free_len = np.zeros(n, dtype=np.int64)
-        bad = np.zeros(n, dtype=bool)
-
-        # slab first: struct slab overlays mapping/_mapcount.
-        if s.slab.marker is SlabMarker.PAGE_TYPE:
-            slab = self._tm("slab", sel(f["slab"]), s.slab.type_rule)
+        # dense: page cache (minus anonymous pages), private data, anonymous
+        if self._m_sc and s.flags.swapcache_requires_swapbacked:
+            both = self._m_sc | self._m_sb
+            cache0 = ((fl & self._m_lru) != 0) | ((fl & both) == both)
         else:
-            slab = _bit(flags, s.slab.flag_bit)
+            cache0 = (fl & (self._m_lru | self._m_sc)) != 0
+        anon = (g.mapping & np.uint8(s.mapping.anon)) != 0
+        cache = cache0 > anon                       # cache and not anonymous
+        code = cache.view(np.uint8) * np.uint8(PageClass.CACHE | PageClass.CACHE_PRIVATE)
+        if self._m_priv:
+            code ^= (cache & ((fl & self._m_priv) != 0)).view(np.uint8) << np.uint8(1)
+        code |= anon.view(np.uint8) << np.uint8(3)
 
-        # compound heads and their order (sparse); a tail is never a head, whatever its flags
-        # word holds (the first tail's is _flags_1, whose low byte is the order)
-        head = ((flags & _U64(s.compound.head_mask)) != 0) & (
-            (self._val("info", sel(f["info"])) & _U64(1)) == 0)
-        hi = np.flatnonzero(head & has)
-        of = self._fields["order"]
-        oidx = np.minimum(rows(hi) + of.page(self.psize), last)
-        order = (self._val("order", f["order"][oidx])
-                 & _U64(s.compound.order_mask)).astype(np.int64)
-        bad_order = (~b.has[oidx] | (order < 1) | (order > self.max_compound_order)
-                     | ((pfns[hi] & ((np.int64(1) << np.minimum(order, 62)) - 1)) != 0))
+        # sparse: rows with a rare flag (head, slab, hwpoison, the old buddy flag) or a page
+        # type; slab rows are fixed first, as if their mapping had no anon bit
+        rare = _nz((fl & (self._m_head | self._m_slab | self._m_hwp | self._m_buddy)) != 0)
+        rfl = fl[rare]
+        slab_rows = [rare[(rfl & self._m_slab) != 0]] if self._m_slab else []
+        if "slab" in self._rules:
+            slab_rows.append(_nz(ptest("slab")))
+        sl = np.concatenate(slab_rows) if slab_rows else _EMPTY
+        if len(sl):
+            sc = cache0[sl]
+            scode = sc.view(np.uint8) * np.uint8(PageClass.CACHE | PageClass.CACHE_PRIVATE)
+            if self._m_priv:
+                scode ^= (sc & ((fl[sl] & self._m_priv) != 0)).view(np.uint8) << np.uint8(1)
+            code[sl] = scode
+        if self._m_hwp:
+            code[rare[(rfl & self._m_hwp) != 0]] |= np.uint8(PageClass.HWPOISON)
+        if "offline" in self._rules:
+            oi = _nz(ptest("offline"))
+            code[oi[~is_slab(oi)]] |= np.uint8(PageClass.OFFLINE)
+
+        # compound heads (a tail is never a head, whatever its flags word holds: the first
+        # tail's is _flags_1, whose low byte is the order)
+        hi = rare[((rfl & self._m_head) != 0) & ~tail[rare]]
+        fake = _EMPTY
+        if c.fake_heads_possible and len(hi):
+            # a head whose first tail names another head: a HugeTLB vmemmap-optimised "fake
+            # head" (Linux kernel commit e7d324850bfc, v5.18); it is a tail of that head
+            nxt = np.minimum(hi + 1, last)
+            ninfo = self._info.get(words, nxt)
+            vh, _ = self.pfn_to_vaddr(r.pfn(hi))
+            isfake = (nxt > hi) & ((ninfo & _U64(1)) != 0) & ((ninfo - _U64(1)) != vh)
+            if isfake.any():
+                fake = hi[isfake]
+                tail[fake] = True
+                hi = hi[~isfake]
+        bad: list[np.ndarray] = []
+        oidx = np.minimum(hi + self._order.page, last)
+        order = (self._order.get(words, oidx) & _U64(c.order_mask)).astype(np.int64)
+        hp = r.pfn(hi)
+        ohas = hi + self._order.page <= last
+        if has is not None:
+            ohas &= has[oidx]
+        bad_order = (~ohas | (order < 1) | (order > self.max_compound_order)
+                     | ((hp & ((np.int64(1) << np.minimum(order, 62)) - 1)) != 0))
         bo = hi[bad_order]
         anomalies.add("compound-order", "compound head with an order that is unreadable, "
                       "< 1, beyond the memory model or not aligned to its pfn",
-                      pfns[bo[bo < limit]])
-        good_heads = hi[~bad_order]
-        length[good_heads] = np.int64(1) << order[~bad_order]
-        bad[bo] = True
-        head_ok = np.zeros(n, dtype=bool)
-        head_ok[good_heads] = True
+                      r.pfn(bo[bo < limit]))
+        bad.append(bo)
+        heads = hi[~bad_order]
+        head_len = np.int64(1) << order[~bad_order]
+        ht = c.hugetlb
+        if ht is not None and self._hugetlb is not None:
+            hf = self._hugetlb
+            if "hugetlb" in self._rules:
+                hsel = _nz(ptest("hugetlb"))
+            elif ht.marker is HugetlbMarker.PAGE_TYPE and hf.page == 0:
+                hsel = _nz(self._test(words, hf, ht.mask, ht.value))
+            else:                       # the marker lives in a tail page of the head
+                hidx = np.minimum(hi + hf.page, last)
+                ok = (hf.get(words, hidx) & _U64(ht.mask)) == _U64(ht.value)
+                if has is not None:
+                    ok &= has[hidx]
+                hsel = hi[ok & (hidx > hi)]
+            code[hsel] |= np.uint8(PageClass.USER)
 
-        # free blocks: buddy head, order in page.private (sparse)
-        if s.free.buddy is not None:
-            buddy = self._tm("ptype", ptype, s.free.buddy)
+        # free blocks: buddy head, order in page.private
+        if "buddy" in self._rules:
+            bi = _nz(ptest("buddy"))
         else:
-            buddy = _bit(flags, s.free.buddy_flag_bit)
-        bi = np.flatnonzero(buddy & ~slab & has)
-        border = self._val("private", f["private"][rows(bi)])
+            bi = rare[(rfl & self._m_buddy) != 0] if self._m_buddy else _EMPTY
+        if len(sl):
+            bi = bi[~is_slab(bi)]
+        border = self._private.get(words, bi)
+        bpfn = r.pfn(bi).astype(np.uint64)
         bad_buddy = ((border >= _U64(s.free.nr_page_orders))
-                     | ((pfns[bi].astype(np.uint64)
-                         & ((_U64(1) << np.minimum(border, _U64(63))) - _U64(1))) != 0))
+                     | ((bpfn & ((_U64(1) << np.minimum(border, _U64(63))) - _U64(1))) != 0))
         bb = bi[bad_buddy]
         anomalies.add("free-order", f"buddy page whose order (page.private) is >= "
                       f"{s.free.nr_page_orders} orders or not aligned to its pfn",
-                      pfns[bb[bb < limit]])
-        gb = bi[~bad_buddy]
-        free_len[gb] = np.int64(1) << border[~bad_buddy].astype(np.int64)
-        bad[bb] = True
-        if s.free.unaccepted is not None:
-            ui = np.flatnonzero(self._tm("ptype", ptype, s.free.unaccepted) & ~buddy & ~slab
-                                & has)
-            free_len[ui] = np.int64(1) << s.free.max_page_order
-        code[free_len > 0] |= np.uint8(PageClass.FREE)
+                      r.pfn(bb[bb < limit]))
+        bad.append(bb)
+        free = [bi[~bad_buddy]]
+        free_len = [np.int64(1) << border[~bad_buddy].astype(np.int64)]
+        if "unaccepted" in self._rules:
+            ui = _nz(ptest("unaccepted"))
+            ui = ui[~np.isin(ui, bi) & ~is_slab(ui)]
+            free.append(ui)
+            free_len.append(np.full(len(ui), np.int64(1) << s.free.max_page_order))
+        free_i = np.concatenate(free)
+        free_n = np.concatenate(free_len)
+        if len(bo):     # a bad compound head is no free block either
+            keep = ~np.isin(free_i, bo)
+            free_i, free_n = free_i[keep], free_n[keep]
+        code[free_i] |= _FREE
+        allbad = np.concatenate(bad)
+        code[allbad] = _ANOMALY
+        if has is not None:
+            code[~has] = 0
+            tail &= has
+        return _Own(code, tail, fake, heads, head_len, free_i, free_n)
 
-        # page cache, private data, hwpoison (sparse: pages with any of those flags)
-        def m(name: str) -> int:
-            bit = fl.bit(name)
-            return 0 if bit is None else 1 << bit
-
-        lru_m, sc_m, sb_m = m("PG_lru"), m("PG_swapcache"), m("PG_swapbacked")
-        priv_m = m("PG_private") | m("PG_private_2")
-        hwp_m = m("PG_hwpoison")
-        fi = np.flatnonzero((flags & _U64(lru_m | sc_m | hwp_m)) != 0)
-        ff = flags[fi]
-        if fl.swapcache_requires_swapbacked:
-            swapcache = (ff & _U64(sc_m | sb_m)) == _U64(sc_m | sb_m)
-        else:
-            swapcache = (ff & _U64(sc_m)) != 0
-        cache = ((ff & _U64(lru_m)) != 0) | swapcache
-        private = (ff & _U64(priv_m)) != 0
-        # anonymous: mapping bit 0 (sparse), never on slab pages
-        ai = np.flatnonzero((self._val("mapping", sel(f["mapping"])) & _U64(s.mapping.anon))
-                            != 0)
-        ai = ai[~slab[ai]]
-        anon_f = np.isin(fi, ai, assume_unique=True)
-        ci = fi[cache & ~anon_f]
-        cpriv = private[cache & ~anon_f]
-        code[ci[~cpriv]] |= np.uint8(PageClass.CACHE | PageClass.CACHE_PRIVATE)
-        code[ci[cpriv]] |= np.uint8(PageClass.CACHE_PRIVATE)
-        code[fi[(ff & _U64(hwp_m)) != 0]] |= np.uint8(PageClass.HWPOISON)
-        code[ai] |= np.uint8(PageClass.USER)
-        ht = s.compound.hugetlb
-        if ht is not None:
-            hf = self._fields["hugetlb"]
-            if ht.marker is HugetlbMarker.PAGE_TYPE and hf.page(self.psize) == 0:
-                hsel = np.flatnonzero(self._tm("hugetlb", sel(f["hugetlb"]), ht) & has)
-            else:                       # the marker lives in the first tail page of a head
-                hidx = np.minimum(rows(hi) + hf.page(self.psize), last)
-                hsel = hi[self._tm("hugetlb", f["hugetlb"][hidx], ht) & b.has[hidx]]
-            code[hsel] |= np.uint8(PageClass.USER)
-        off_rule = s.page_types.get("offline")
-        if off_rule is not None:
-            code[np.flatnonzero(self._tm("ptype", ptype, off_rule) & ~slab)] |= np.uint8(
-                PageClass.OFFLINE)
-
-        code[bad] = np.uint8(PageClass.ANOMALY)
-        code[~has] = 0
-        free_len[bad] = 0
-        return code, length, head_ok, free_len
-
-    def _head_pfns(self, b: _Block, pfns: np.ndarray, info: np.ndarray,
-                   tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Head pfn of each tail page (-1 where the tail word leads nowhere)."""
+    def _head_pfns(self, tp: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Head pfn of each tail page ``tp`` from its tail word ``info`` (and whether the word
+        leads to a struct page at all)."""
         c = self.sem.compound
-        vaddr, _ = self.pfn_to_vaddr(pfns)
-        info = info.astype(np.uint64)
-        ptr = info - _U64(1)
+        info = info.astype(np.uint64, copy=False)
         if c.tail_encoding is TailEncoding.POINTER_PLUS_ONE:
-            haddr = ptr
+            haddr = info - _U64(1)
         else:
+            vaddr, _ = self.pfn_to_vaddr(tp)
             masked = vaddr & info
             if c.tail_encoding is TailEncoding.MASK:
                 haddr = masked
             else:
-                haddr = np.where(_is_mask(info), masked, ptr)
-        hp, ok = self.vaddr_to_pfn(haddr)
-        return np.where(tail & ok, hp, -1), tail & ok
+                haddr = np.where(_is_mask(info), masked, info - _U64(1))
+        if self._vbase is not None:
+            off = haddr - _U64(self._vbase)
+            ok = (off % _U64(self.psize)) == 0
+            hp = (off // _U64(self.psize)).astype(np.int64)
+            ok &= (hp >= 0) & (hp < self.max_pfn)
+            return hp, ok
+        return self.vaddr_to_pfn(haddr)
 
     def classify_block(self, start: int, n: int, anomalies: _Anomalies) -> np.ndarray:
         """Class codes (without ZERO) of pfns ``[start, start + n)``."""
-        b = self._read_block(start, n)
-        total = len(b.has)
-        pfns = np.arange(start, start + total, dtype=np.int64)
-        c = self.sem.compound
-        info = self._val("info", b.fields["info"])
-        flags = self._val("flags", b.fields["flags"])
-        tail = b.has & ((info & _U64(1)) != 0)
-        # A head page whose first tail names another head: a HugeTLB vmemmap-optimised "fake
-        # head" (Linux kernel commit e7d324850bfc, v5.18); it is a tail of that head.
-        if c.fake_heads_possible:
-            head = b.has & ~tail & ((flags & _U64(c.head_mask)) != 0)
-            hi = np.nonzero(head[:-1])[0]
-            nxt = hi + 1
-            nt = b.has[nxt] & ((info[nxt] & _U64(1)) != 0)
-            vh, _ = self.pfn_to_vaddr(pfns[hi])
-            fake = nt & ((info[nxt] - _U64(1)) != vh)
-            fi = hi[fake]
-            if len(fi):
-                tail[fi] = True
-                info = info.copy()
-                info[fi] = info[fi + 1]
-                # not heads: their order and markers are the real head's, at the wrong pfn
-                fl2 = b.fields["flags"].copy()
-                fl2[fi] &= ~_U64((c.head_mask << self._shift["flags"]) & _MASK64)
-                b.fields["flags"] = fl2
-        code, length, head_ok, free_len = self._own_codes(b, None, pfns, anomalies, n)
-        # a present section covers the pfn but its struct page is not in the dump
-        lost = self._covered(start, total) & ~b.has
-        anomalies.add("memmap-not-in-dump", "a present section's struct page for the pfn is not "
-                      "in the dump", pfns[:n][lost[:n]])
-        code[lost] = np.uint8(PageClass.ANOMALY)
+        r = self._rows(start, n + self.lookahead + 1)
+        total = len(r.words)
+        own = self._own(r, anomalies, n)
+        code = own.code
+        if r.has is not None:
+            # a present section covers the pfn but its struct page is not in the dump
+            lost = self._covered(start, total) & ~r.has
+            li = np.flatnonzero(lost[:n])
+            anomalies.add("memmap-not-in-dump", "a present section's struct page for the pfn "
+                          "is not in the dump", li + start)
+            code[li] = _ANOMALY
 
         # tails follow their head
-        ti = np.nonzero(tail[:n])[0]
+        ti = np.flatnonzero(own.tail[:n])
         if len(ti):
-            hp, ok = self._head_pfns(b, pfns[ti], info[ti], np.ones(len(ti), bool))
-            inside = ok & (hp >= start) & (hp < start + total)
-            hcode = np.zeros(len(ti), dtype=np.uint8)
-            hlen = np.zeros(len(ti), dtype=np.int64)
-            hok = np.zeros(len(ti), dtype=bool)
-            hloc = hp[inside] - start
-            hcode[inside] = code[hloc]
-            hlen[inside] = length[hloc]
-            # a head that is itself a tail is a cycle, never a head
-            hok[inside] = head_ok[hloc] & ~tail[hloc]
+            info = self._info.get(r.words, ti)
+            if len(own.fake):
+                # a fake head's tail word is its page[1]'s
+                k = np.searchsorted(ti, own.fake)
+                k = k[(k < len(ti))]
+                k = k[np.isin(ti[k], own.fake)]
+                info[k] = self._info.get(r.words, ti[k] + 1)
+            tp = ti + start
+            hp, ok = self._head_pfns(tp, info)
+            loc = hp - start
+            inside = ok & (loc >= 0) & (loc < total)
+            hlen = np.zeros(total, dtype=np.int64)
+            hlen[own.heads] = own.head_len
+            li = np.where(inside, loc, 0)
+            hl = np.where(inside, hlen[li], 0)
+            hcode = code[li]
             outside = ok & ~inside
             if outside.any():
                 uniq, inv = np.unique(hp[outside], return_inverse=True)
-                ob = self._read_pages(uniq)
-                rows = np.arange(len(uniq), dtype=np.int64) * (self.lookahead + 1)
-                ocode, olen, ook, _ = self._own_codes(ob, rows, uniq, _Anomalies())
-                otail = ob.has[rows] & ((self._val("info", ob.fields["info"][rows]) & _U64(1))
-                                        != 0)
-                hcode[outside] = ocode[inv]
-                hlen[outside] = olen[inv]
-                hok[outside] = (ook & ~otail)[inv]
-            tp = pfns[ti]
-            good = ok & hok & (hp < tp) & (tp < hp + hlen)
-            bad = ~good
-            anomalies.add("compound-tail", "tail page whose compound head is not in a present "
-                          "section, not a head, itself a tail (cycle), or does not cover it",
-                          tp[bad])
-            code[ti] = np.where(good, hcode, np.uint8(PageClass.ANOMALY))
+                orows = self._rows_of(uniq)
+                oown = self._own(orows, _Anomalies(), 0)
+                step = self.lookahead + 1
+                ohlen = np.zeros(len(orows.words), dtype=np.int64)
+                ohlen[oown.heads] = oown.head_len
+                # the head must itself lie in a present section
+                _, present = self.pfn_to_vaddr(uniq)
+                hl[outside] = np.where(present, ohlen[::step], 0)[inv]
+                hcode[outside] = oown.code[::step][inv]
+            good = (hl > 0) & (hp < tp) & (tp < hp + hl)
+            if not good.all():
+                anomalies.add("compound-tail", "tail page whose compound head is not in a "
+                              "present section, not a head, itself a tail (cycle), or does not "
+                              "cover it", tp[~good])
+            code[ti] = np.where(good, hcode, _ANOMALY)
 
         # free blocks: the head's order covers the following pages, up to the block's end (the
         # next block looks behind for it)
-        fi = np.nonzero(free_len[:n] > 1)[0]
-        starts = [fi]
-        ends = [np.minimum(fi + free_len[fi], n)]
+        fi = own.free[own.free < n]
+        fl = own.free_len[own.free < n]
         back = self._free_behind(start)
-        if back:
-            starts.append(np.zeros(1, dtype=np.int64))
-            ends.append(np.array([min(back, n)], dtype=np.int64))
-        fs, fe = np.concatenate(starts), np.concatenate(ends)
-        if len(fs):
-            diff = np.zeros(n + 1, dtype=np.int64)
-            np.add.at(diff, fs, 1)
-            np.add.at(diff, fe, -1)
-            covered = np.cumsum(diff[:n]) > 0
-            keep_anom = (code[:n] & np.uint8(PageClass.ANOMALY)) != 0
-            code[:n] |= np.where(covered & ~keep_anom, np.uint8(PageClass.FREE), np.uint8(0))
+        if len(fi) or back:
+            ends = np.minimum(fi + fl, n)
+            if back:
+                fi = np.concatenate(([0], fi))
+                ends = np.concatenate(([min(back, n)], ends))
+            depth = np.cumsum(np.bincount(fi, minlength=n + 1)[:n]
+                              - np.bincount(ends, minlength=n + 1)[:n])
+            covered = depth > 0
+            covered &= (code[:n] & _ANOMALY) == 0
+            code[:n] |= covered.view(np.uint8) << np.uint8(4)
         return code[:n]
 
     def _covered(self, start: int, total: int) -> np.ndarray:
@@ -775,10 +909,11 @@ class Scanner:
         if not cands:
             return 0
         heads = np.array(cands, dtype=np.int64)
-        ob = self._read_pages(heads)
-        rows = np.arange(len(heads), dtype=np.int64) * (self.lookahead + 1)
-        _, _, _, flen = self._own_codes(ob, rows, heads, _Anomalies())
-        reach = heads + flen - start
+        rows = self._rows_of(heads)
+        own = self._own(rows, _Anomalies(), 0)
+        step = self.lookahead + 1
+        at = own.free % step == 0
+        reach = rows.pfn(own.free[at]) + own.free_len[at] - start
         return int(reach.max()) if len(reach) and reach.max() > 0 else 0
 
     # --- valid pages and content
@@ -840,6 +975,18 @@ def _blocks(max_pfn: int, size: int) -> Iterator[tuple[int, int]]:
     return ((s, min(size, max_pfn - s)) for s in range(0, max_pfn, size))
 
 
+def _excluded(code: np.ndarray, dump_level: int) -> np.ndarray:
+    """:func:`excluded_mask` in bit arithmetic: a page is dropped when it has a bit of the level
+    (or an always-dropped bit) and is no anomaly. A non-private cache page carries both cache
+    bits, so either cache level drops it."""
+    bits = dump_level | ALWAYS
+    if dump_level & PageClass.CACHE_PRIVATE:
+        bits |= PageClass.CACHE
+    hit: np.ndarray = (code & np.uint8(bits)) != 0
+    hit &= code < np.uint8(PageClass.ANOMALY)
+    return hit
+
+
 def _scan_window(sc: Scanner, start: int, n: int, dump_level: int, keep_codes: bool,
                  timing: dict[str, float]) -> tuple[WindowResult, _Anomalies]:
     an = _Anomalies()
@@ -847,19 +994,23 @@ def _scan_window(sc: Scanner, start: int, n: int, dump_level: int, keep_codes: b
     valid, full = sc.valid_block(start, n)
     code = sc.classify_block(start, n, an)
     # only pages whose whole frame is in the dump are dropped
-    code = np.where(full, code, np.uint8(0))
+    all_full = bool(full.all())
+    if not all_full:
+        code[~full] = 0
     t1 = time.perf_counter()
-    excluded = excluded_mask(code, dump_level)
+    excluded = _excluded(code, dump_level)
     if dump_level & PageClass.ZERO:
-        anomaly = (code & np.uint8(PageClass.ANOMALY)) != 0
-        z = sc.zero_pages(start, n, full & ~excluded & ~anomaly)
-        code |= np.where(z, np.uint8(PageClass.ZERO), np.uint8(0))
+        cand = ~excluded & (code < np.uint8(PageClass.ANOMALY))
+        if not all_full:
+            cand &= full
+        z = sc.zero_pages(start, n, cand)
+        code |= z.view(np.uint8)        # PageClass.ZERO is 1
         excluded |= z
     t2 = time.perf_counter()
     timing["classify"] = timing.get("classify", 0.0) + (t1 - t0)
     timing["zero"] = timing.get("zero", 0.0) + (t2 - t1)
     dumpable = valid & ~excluded
-    counts = count_classes(code, valid, dump_level)
+    counts = count_classes(code, None if bool(valid.all()) else valid, dump_level)
     return WindowResult(start, start + n, np.packbits(valid, bitorder="little"),
                         np.packbits(dumpable, bitorder="little"), counts,
                         code if keep_codes else None), an
