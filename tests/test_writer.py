@@ -8,6 +8,7 @@ Dumps of the real fixtures are written once per (fixture, codec, level) and shar
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -78,7 +79,8 @@ def _written(fx: Fixture, codec: str, level: int, outdir: Path) -> Path:
         src = fx.path("vmcore")
         if src is None:
             pytest.skip(f"{fx.name}: no vmcore")
-        if codec != "zlib" and not _have({"lzo": "lzo", "zstd": "zstandard"}[codec]):
+        if codec != "zlib" and not _have({"lzo": "lzo", "zstd": "zstandard",
+                                          "snappy": "snappy"}[codec]):
             pytest.skip(f"python module for {codec} missing")
         out = outdir / f"{fx.name}-{codec}-d{level}.kdump"
         with open_dump(src) as dump:
@@ -220,9 +222,9 @@ def test_drgn_reads_our_dump(fixture: Fixture, outdir: Path) -> None:
     assert prog["init_uts_ns"].name.release.string_().decode() == fixture.release
 
 
-@pytest.mark.parametrize("codec", ["lzo", "zstd"])
+@pytest.mark.parametrize("codec", ["lzo", "zstd", "snappy"])
 def test_drgn_reads_other_codecs(fixture: Fixture, codec: str, outdir: Path) -> None:
-    """libkdumpfile decodes our LZO and zstd pages (one fixture suffices)."""
+    """libkdumpfile decodes our LZO, zstd and snappy pages (one fixture suffices)."""
     if fixture.name != "bookworm":
         pytest.skip("one fixture is enough for the codecs")
     drgn = pytest.importorskip("drgn")
@@ -561,3 +563,315 @@ def test_enospc_leaves_incomplete_readable_dump(small_tmpfs: Path) -> None:
         c = subprocess.run([CRASH, "-s", str(vmlinux), str(out)], input="q\n",
                            capture_output=True, text=True, timeout=600)
         assert "This dumpfile is incomplete" in c.stdout + c.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Page compressors (kdlayout.compress): the C libraries through ctypes and the Python packages
+
+
+def _real_pages(n: int) -> np.ndarray:
+    """Up to ``n`` non-zero pages of a real fixture (else synthetic ones), as a (n, PS) array."""
+    from fixtures import load_fixtures
+    fx = {f.name: f for f in load_fixtures()}.get("bookworm")
+    src = fx.path("vmcore") if fx else None
+    rng = np.random.default_rng(12)
+    if src is None:
+        return rng.integers(0, 4, (n, PS), dtype=np.uint8) * rng.integers(0, 2, (n, 1),
+                                                                          dtype=np.uint8)
+    with open_dump(src) as d:
+        ranges = [r for r in d.ranges() if r.size >= 64 * PS]
+        out = []
+        for r in ranges:
+            v = d.view(r.start, r.size // PS * PS).reshape(-1, PS)
+            keep = v[v.any(axis=1)]
+            out.append(np.array(keep[rng.permutation(len(keep))[:n // len(ranges) + 1]]))
+        return np.concatenate(out)[:n]
+
+
+@pytest.mark.parametrize("codec", ["lzo", "snappy", "zstd", "zlib", "none"])
+def test_compressors_round_trip(codec: str) -> None:
+    """Every backend's pages decode (with the reader's decompressors) to the input, across
+    several runs per chunk and with pages left out; LZO from liblzo2 is byte-identical to
+    python-lzo's LZO1X-1."""
+    from kdlayout.compress import compressor_factory
+    flag = CODEC_FLAGS[codec]
+    pages = _real_pages(600)
+    noise = np.random.default_rng(1).integers(0, 256, (3, PS), dtype=np.uint8)
+    pages = np.concatenate([pages, noise])              # incompressible: stored raw
+    parts = [pages[:200], pages[200:201], pages[201:]]
+    todo = np.flatnonzero(np.arange(len(pages)) % 5 != 3)
+    outs = []
+    for native in (True, False):
+        try:
+            comp = compressor_factory(flag, native=native)()
+        except KdlayoutError as exc:
+            pytest.skip(f"{codec}: {exc}")
+        c = comp.compress(parts, todo)
+        assert (c.sizes[np.setdiff1d(np.arange(len(pages)), todo)] == 0).all()
+        off = 0
+        for i in todo.tolist():
+            size = int(c.sizes[i])
+            blob = bytes(c.data[off:off + size])
+            off += size
+            assert codecs.decompress(int(c.flags[i]), blob, PS) == pages[i].tobytes(), \
+                (comp.backend, i)
+        assert off == len(c.data)
+        assert (c.flags[-3:] == 0).all() and (c.sizes[-3:] == PS).all()
+        if codec != "none":
+            assert (c.flags[todo[:-3]] == flag).any()
+        outs.append((comp.backend, bytes(c.data)))
+    if codec == "lzo" and "ctypes" in outs[0][0] and outs[1][0] == "python-lzo":
+        assert outs[0][1] == outs[1][1]
+
+
+def test_threads_give_the_same_file(tmp_path: Path) -> None:
+    """The inline path (one thread) and the thread pool write byte-identical images."""
+    src = _synth(tmp_path)
+    images = []
+    for threads in (1, 2, 3):
+        out = tmp_path / f"t{threads}.kdump"
+        with open_dump(src) as d:
+            write_dump_file(d, level0_bitmaps(d, 1), str(out),
+                            WriteOptions(compression=codecs.DUMP_DH_COMPRESSED_LZO
+                                         if _have("lzo") else codecs.DUMP_DH_COMPRESSED_ZLIB,
+                                         threads=threads, chunk_pages=8, timestamp=FIXED_TIME))
+        images.append(out.read_bytes())
+    assert images[0] == images[1] == images[2]
+
+
+# --------------------------------------------------------------------------------------------
+# makedumpfile options
+
+
+def test_check_params_writes_nothing(tmp_path: Path) -> None:
+    src = _synth(tmp_path)
+    out = tmp_path / "o.kdump"
+    r = _cli("--check-params", "-l", "-d", "31", str(src), str(out))
+    assert r.returncode == 0, r.stderr
+    assert b"valid" in r.stderr and not out.exists()
+    # the input is not even opened
+    r = _cli("--check-params", "-c", str(tmp_path / "absent"), str(out))
+    assert r.returncode == 0, r.stderr
+    for bad in (["-d", "32"], ["--cyclic-buffer", "0"], ["-b", "-1"],
+                ["--work-dir", str(tmp_path / "nodir")], ["--splitblock-size", "0"],
+                ["--non-cyclic", "--cyclic-buffer", "8"], ["--num-threads", "-1"]):
+        r = _cli("--check-params", *bad, str(src), str(out))
+        assert r.returncode == 2, (bad, r.stderr)
+        assert r.stderr.count(b"\n") == 1 and r.stderr.startswith(b"kdlayout: "), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth.core"]
+
+
+def test_makedumpfile_tuning_options_are_no_ops(tmp_path: Path) -> None:
+    """-b, --cyclic-buffer, --non-cyclic, --splitblock-size, --work-dir, --num-threads 0 and -D
+    are accepted and change nothing in the output."""
+    src = _synth(tmp_path)
+    plain, tuned = tmp_path / "plain.kdump", tmp_path / "tuned.kdump"
+    r = _cli("-c", "-d", "1", "--message-level", "0", str(src), str(plain))
+    assert r.returncode == 0, r.stderr
+    r = _cli("-c", "-d", "1", "--message-level", "0", "-b", "4", "--cyclic-buffer", "1024",
+             "--splitblock-size", "1024", "--work-dir", str(tmp_path), "--num-threads", "0",
+             "-D", str(src), str(tuned))
+    assert r.returncode == 0, r.stderr
+    assert b"threads" in r.stderr                     # -D: the debug line
+    r = _cli("-c", "-d", "1", "--message-level", "0", "--non-cyclic", str(src),
+             str(tmp_path / "nc.kdump"))
+    assert r.returncode == 0, r.stderr
+    with open_dump(plain) as a, open_dump(tuned) as b, open_dump(tmp_path / "nc.kdump") as c:
+        assert isinstance(a, DiskDump) and isinstance(b, DiskDump) and isinstance(c, DiskDump)
+        assert (a.dumped_pfns() == b.dumped_pfns()).all()
+        assert (a.dumped_pfns() == c.dumped_pfns()).all()
+        for pfn in a.dumped_pfns().tolist():
+            assert a.read_page(pfn) == b.read_page(pfn) == c.read_page(pfn)
+
+
+# --------------------------------------------------------------------------------------------
+# --split
+
+
+def test_split_ranges_balanced() -> None:
+    from kdlayout.writer import SPLIT_ALIGN, count_dumpable, split_ranges
+    rng = np.random.default_rng(8)
+    for trial in range(120):
+        n = int(rng.integers(1, 100_000))
+        bits = rng.random(n) < rng.random() ** 2
+        if trial % 6 == 0:                       # nearly empty: fewer pages than files
+            bits[:] = False
+            bits[rng.integers(0, n, size=int(rng.integers(0, 4)))] = True
+        packed = np.packbits(bits, bitorder="little")
+        bm = PageBitmaps(n, packed, packed, 31, {})
+        k = int(rng.integers(2, 9))
+        ranges = split_ranges(bm, k)
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(a[1] == b[0] and a[0] <= a[1] for a, b in itertools.pairwise(ranges))
+        assert all(a % SPLIT_ALIGN == 0 for a, _ in ranges)
+        counts = [int(bits[a:b].sum()) for a, b in ranges]
+        assert sum(counts) == int(bits.sum())
+        assert max(counts) - min(counts) < 2 * SPLIT_ALIGN
+        assert [count_dumpable(bm, a, b) for a, b in ranges] == counts
+        if bits.sum() >= 1000 * k:               # balanced, not just bounded
+            assert max(counts) - min(counts) <= max(counts) // 10
+
+
+def test_split_cli_synthetic(tmp_path: Path) -> None:
+    src = _synth(tmp_path)
+    outs = [tmp_path / f"part{i}" for i in range(3)]
+    r = _cli("--split", "-z" if _have("zstandard") else "-c", "-d", "1", "--message-level", "0",
+             str(src), *map(str, outs))
+    assert r.returncode == 0, r.stderr
+    got: dict[int, bytes] = {}
+    with open_dump(src) as s:
+        for o in outs:
+            assert o.stat().st_mode & 0o777 == 0o600
+            with open_dump(o) as d:
+                assert isinstance(d, DiskDump) and d.split_range is not None
+                lo, hi = d.split_range
+                for pfn in d.dumped_pfns().tolist():
+                    assert lo <= pfn < hi and pfn not in got
+                    got[pfn] = d.read_page(pfn)
+        assert sorted(got) == [0, 1, 2, 3, 4, 5, 6, 16, 17, 18]
+        for pfn, data in got.items():
+            want = s.read(pfn * PS, PS) if s.contains(pfn * PS, PS) else \
+                b"\x55" * 0x800 + bytes(0x800)
+            assert data == want, pfn
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    # refusals, nothing created
+    for args in (["--split", str(src), str(tmp_path / "x1")],
+                 [str(src), str(tmp_path / "x1"), str(tmp_path / "x2")],
+                 ["--split", "-F", str(src), str(tmp_path / "x1"), str(tmp_path / "x2")],
+                 ["--split", "-E", str(src), str(tmp_path / "x1"), str(tmp_path / "x2")],
+                 ["--split", str(src), str(tmp_path / "x1"), str(tmp_path / "x1")],
+                 ["--split", str(src), str(tmp_path / "x1"), str(src)],
+                 ["--split", str(src), str(tmp_path / "x1"), str(outs[0])]):
+        r = _cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+    assert not list(tmp_path.glob("x*"))
+
+
+def test_split_failure_leaves_no_file(tmp_path: Path) -> None:
+    from kdlayout.writer import write_split_files
+    src = _synth(tmp_path)
+    calls = []
+
+    def boom(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) > 1:                       # in the second file
+            raise RuntimeError("stop")
+
+    with open_dump(src) as d, pytest.raises(RuntimeError):
+        write_split_files(d, level0_bitmaps(d), [str(tmp_path / "a"), str(tmp_path / "b")],
+                          WriteOptions(chunk_pages=8), progress=boom)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth.core"]
+
+
+_SPLIT_FIXTURES = ("bookworm", "bullseye")
+
+
+def test_split_round_trip(fixture: Fixture, outdir: Path, tmp_path: Path) -> None:
+    """A 3-file LZO -d 31 split set: each file holds its range only, together exactly the pages
+    of the single-file dump, equal to the source; makedumpfile --reassemble accepts the set and
+    its output reads equal; crash opens the set; drgn opens one file of it (it reads one file,
+    not a set: pages of the other files are excluded there)."""
+    if fixture.name not in _SPLIT_FIXTURES:
+        pytest.skip(f"split sets are checked on {', '.join(_SPLIT_FIXTURES)}")
+    from kdlayout.writer import SPLIT_ALIGN, write_split_files
+    if not _have("lzo"):
+        pytest.skip("python module for lzo missing")
+    single = _written(fixture, "lzo", 31, outdir)
+    src_path = fixture.path("vmcore")
+    assert src_path is not None
+    parts = [tmp_path / f"split{i}.kdump" for i in range(3)]
+    with open_dump(src_path) as dump:
+        bm = _bitmaps(dump, 31)
+        res = write_split_files(dump, bm, [str(p) for p in parts],
+                                WriteOptions(compression=codecs.DUMP_DH_COMPRESSED_LZO))
+    assert all(not r.incomplete for r in res)
+    heads = {p.read_bytes()[:PS] for p in parts}
+    assert len(heads) == 1                                  # one disk_dump_header for all
+    with open_dump(single) as one, open_dump(src_path) as src:
+        assert isinstance(one, DiskDump)
+        want = one.dumped_pfns()
+        got = []
+        prev_end = 0
+        for p in parts:
+            with open_dump(p) as d:
+                assert isinstance(d, DiskDump) and d.sub_header.split == 1
+                assert d.split_range is not None and d.split_range[0] == prev_end
+                prev_end = d.split_range[1]
+                pfns = d.dumped_pfns()
+                got.append(pfns)
+                assert d.max_mapnr == one.max_mapnr
+                assert (d.is_in_memory(want) == one.is_in_memory(want)).all()   # whole bitmap
+                sample = np.union1d(pfns[:3], pfns[-3:])
+                sample = np.union1d(sample, _sample(np.isin(np.arange(d.max_mapnr), pfns),
+                                                    60, seed=3))
+                for pfn in sample.tolist():
+                    if src.contains(pfn * PS, PS):
+                        assert d.read_page(pfn) == src.read(pfn * PS, PS), (p.name, pfn)
+        assert prev_end == one.max_mapnr
+        sizes = [len(g) for g in got]
+        assert max(sizes) - min(sizes) < 2 * SPLIT_ALIGN
+        assert (np.concatenate(got) == want).all()
+        if os.access(MAKEDUMPFILE, os.X_OK):
+            re_path = tmp_path / "reassembled.kdump"
+            r = _makedumpfile_ok(["--reassemble", *map(str, parts), str(re_path)])
+            assert r.returncode == 0, r.stdout + r.stderr
+            with open_dump(re_path) as re_:
+                assert isinstance(re_, DiskDump)
+                assert (re_.dumped_pfns() == want).all()
+                for pfn in _sample(re_.is_dumped(np.arange(re_.max_mapnr)), 100,
+                                   seed=4).tolist():
+                    if src.contains(pfn * PS, PS):
+                        assert re_.read_page(pfn) == src.read(pfn * PS, PS)
+    vmlinux = fixture.path("vmlinux_dbg")
+    if CRASH is not None and vmlinux is not None:
+        c = subprocess.run([CRASH, "-s", str(vmlinux), *map(str, parts)], input="sys\nlog\nq\n",
+                           capture_output=True, text=True, timeout=600)
+        both = c.stdout + c.stderr
+        assert f"RELEASE: {fixture.release}" in both, both[-2000:]
+        assert "page excluded" not in both
+    try:
+        import drgn
+    except ImportError:
+        return
+    prog = drgn.Program()
+    prog.set_core_dump(str(parts[1]))
+    with open_dump(parts[1]) as d, open_dump(parts[0]) as d0:
+        pfn = int(d.dumped_pfns()[10])
+        assert prog.read(pfn * PS, PS, True) == d.read_page(pfn)
+        with pytest.raises(drgn.FaultError):
+            prog.read(int(d0.dumped_pfns()[10]) * PS, PS, True)
+
+
+def test_split_enospc(small_tmpfs: Path) -> None:
+    """A split set that fills the device: exit 2, files written before it complete, the file
+    being written kept with the incomplete flag, later files there without pages (flagged),
+    pages saved read back equal to the source."""
+    from fixtures import load_fixtures
+    fx = {f.name: f for f in load_fixtures()}.get("bookworm")
+    src_path = fx.path("vmcore") if fx else None
+    if src_path is None:
+        pytest.skip("needs the bookworm fixture (more than 8 MiB of kept pages)")
+    outs = [small_tmpfs / f"s{i}" for i in range(2)]
+    r = _cli("--split", "-c", "-d", "31", "--message-level", "0", str(src_path),
+             *map(str, outs))
+    assert r.returncode == 2
+    msg = r.stderr.decode()
+    assert "incomplete split dump" in msg and "pages saved" in msg, msg
+    assert not [p for p in small_tmpfs.iterdir() if p.name.endswith(".part")]
+    assert outs[0].exists()
+    with open_dump(src_path) as src:
+        saved = 0
+        flagged = False
+        for o in outs:
+            assert o.exists() and o.stat().st_mode & 0o777 == 0o600
+            with open_dump(o) as d:
+                assert isinstance(d, DiskDump)
+                assert d.incomplete or not flagged          # after the full one: all flagged
+                flagged = flagged or d.incomplete
+                held = d.ranges()
+                saved += sum(rr.size for rr in held) // PS
+                for rr in held[:: max(1, len(held) // 10)]:
+                    if src.contains(rr.start, PS):
+                        assert d.read(rr.start, PS) == src.read(rr.start, PS)
+        assert flagged
+        assert 0 < saved == int(msg.split(" of ")[0].rsplit(" ", 1)[-1])

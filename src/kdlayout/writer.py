@@ -617,9 +617,16 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
 # Split sets (makedumpfile --split)
 
 
+#: Split boundaries are multiples of this many pfns: crash counts a split file's dumpable pages
+#: in 64-bit words of the 2nd bitmap from its start_pfn, so a start inside a word would count
+#: the previous file's pages too (makedumpfile --reassemble and kdlayout do not care).
+SPLIT_ALIGN: Final = 64
+
+
 def split_ranges(bm: PageBitmaps, n: int) -> list[tuple[int, int]]:
     """``n`` consecutive pfn ranges covering ``[0, max_pfn)`` with about the same number of
-    dumped pfns each (counts differ by at most one)."""
+    dumped pfns each: boundaries are the exact balance points rounded down to
+    :data:`SPLIT_ALIGN` pfns, so counts differ by less than ``2 * SPLIT_ALIGN``."""
     if n < 1:
         raise ValueError("need at least one range")
     pop = _popcount_bytes(bm.dumpable)
@@ -641,7 +648,7 @@ def split_ranges(bm: PageBitmaps, n: int) -> list[tuple[int, int]]:
         byte = j * block + int(np.searchsorted(inner, target, side="left"))
         left = target - (int(inner[byte - j * block - 1]) if byte > j * block else before)
         bits = np.flatnonzero(np.unpackbits(bm.dumpable[byte:byte + 1], bitorder="little"))
-        pfn = byte * 8 + int(bits[left - 1]) + 1
+        pfn = (byte * 8 + int(bits[left - 1]) + 1) // SPLIT_ALIGN * SPLIT_ALIGN
         bounds.append(max(bounds[-1], min(pfn, bm.max_pfn)))
     bounds.append(bm.max_pfn)
     return list(itertools.pairwise(bounds))
@@ -656,8 +663,9 @@ def _popcount_bytes(bitmap: np.ndarray) -> np.ndarray:
 
 
 class _NoPageSink:
-    """A sink for a split file written after the device filled up: header, bitmaps and the
-    reserved descriptor table go in, the first page write reports the full device."""
+    """A sink that takes header, bitmaps and the reserved descriptor table, and reports a full
+    device at the first page write (a split file's placeholder, or one written after the
+    device filled up)."""
 
     def __init__(self, inner: FileSink) -> None:
         self.inner = inner
@@ -687,10 +695,11 @@ def write_split_files(dump: PhysicalMemory, bm: PageBitmaps, paths: list[str],
     sub header, and the descriptors and pages of its range only.
 
     Safety as :func:`write_dump_file`: every file is written to a temporary name and all are
-    renamed only when all are written. On a full device the file being written is kept
-    incomplete (flag set), the later files are written without pages (flag set) where their
-    header and tables still fit, and :class:`IncompleteDumpError` says what was saved; on any
-    other error every temporary file is removed.
+    renamed only when all are written. Header, bitmaps and descriptor table of every file are
+    written into reserved space first, flagged incomplete, before any page; on a full device
+    the file being written and all later ones keep that flag (later ones without pages), the
+    earlier ones are complete, and :class:`IncompleteDumpError` says what was saved. If even
+    the tables do not fit, or on any other error, every temporary file is removed.
     """
     if len(paths) < 2:
         raise KdlayoutError("--split needs at least two DUMPFILEs")
@@ -707,31 +716,28 @@ def write_split_files(dump: PhysicalMemory, bm: PageBitmaps, paths: list[str],
     opts = replace(opts, timestamp=time.time() if opts.timestamp is None else opts.timestamp)
     tmps: list[tuple[int, str, str]] = []          # fd, temporary name, final name
     results: list[WriteResult] = []
-    missing: list[str] = []
-    full: OutOfSpace | None = None
+    full: str | None = None
     try:
+        # 1. every file's header, bitmaps and descriptor table in reserved space, flagged
+        #    incomplete with no page: if the device fills up later, every file not finished
+        #    says so (if even these do not fit, nothing is kept)
         for path, rng in zip(paths, ranges, strict=True):
             fd, tmp = _temp_for(path)
             tmps.append((fd, tmp, path))
-            file_sink = FileSink(fd, path)
-            sink: Sink = file_sink if full is None else _NoPageSink(file_sink)
             try:
-                res = write_kdump(dump, bm, sink, opts, progress, split=rng)
-            except OutOfSpace as exc:          # not even its header and tables fit
-                full = full or exc
-                os.close(fd)
-                os.unlink(tmp)
-                tmps.pop()
-                missing.append(path)
-                continue
+                write_kdump(dump, bm, _NoPageSink(FileSink(fd, path)), opts, split=rng)
+            except OutOfSpace as exc:
+                raise KdlayoutError(f"no space left on the output device: {exc.strerror}",
+                                    path=path) from None
+        # 2. the pages, file by file; after a full device the rest stay as they are
+        for (fd, _tmp, path), rng in zip(tmps, ranges, strict=True):
+            sink: Sink = FileSink(fd, path) if full is None else _NoPageSink(FileSink(fd, path))
+            res = write_kdump(dump, bm, sink, opts, progress, split=rng)
             if res.incomplete:
-                full = full or OutOfSpace(errno.ENOSPC, res.error or "no space", path)
+                full = full or res.error or "no space left"
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, res.size)
             results.append(res)
-        if not results:
-            raise KdlayoutError(f"no space left on the output device: {full and full.strerror}",
-                                path=paths[0])
         for _fd, tmp, path in tmps:
             _publish(tmp, path, overwrite)
         for directory in {os.path.dirname(os.path.abspath(p)) for _, _, p in tmps}:
@@ -747,12 +753,10 @@ def write_split_files(dump: PhysicalMemory, bm: PageBitmaps, paths: list[str],
                 os.close(fd)
     if full is not None:
         saved = sum(r.pages_written for r in results)
-        total = count_dumpable(bm)
-        gone = f"; not written: {', '.join(missing)}" if missing else ""
+        flagged = [p for p, r in zip(paths, results, strict=True) if r.incomplete]
         raise IncompleteDumpError(
-            f"incomplete split dump, {full.strerror}: {saved} of {total} pages saved in "
-            f"{len(results)} files; their headers carry DUMP_DH_COMPRESSED_INCOMPLETE where "
-            f"pages are missing{gone}", path=paths[0])
+            f"incomplete split dump, {full}: {saved} of {count_dumpable(bm)} pages saved; "
+            f"DUMP_DH_COMPRESSED_INCOMPLETE in {', '.join(flagged)}", path=paths[0])
     return results
 
 
