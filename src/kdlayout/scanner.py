@@ -28,12 +28,15 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import cachetools
 import numpy as np
 
 from .errors import KdlayoutError
@@ -62,6 +65,7 @@ __all__ = [
     "iter_scan",
     "primary_classes",
     "scan",
+    "semantics_of",
 ]
 
 _U64 = np.uint64
@@ -70,8 +74,8 @@ _MASK64 = (1 << 64) - 1
 DEFAULT_BLOCK_PAGES = 1 << 16
 #: Bytes of page content checked for zeros per read (bounded memory).
 _ZERO_CHUNK = 8 << 20
-#: struct pages per slice when extracting fields (256 KiB of 64-byte pages: fits in L2).
-_CACHE_PAGES = 4096
+#: struct pages per slice when extracting fields (512 KiB of 64-byte pages: fits in L2).
+_CACHE_PAGES = 8192
 #: Examples kept per anomaly kind.
 _EXAMPLES = 8
 
@@ -98,6 +102,25 @@ class PageClass(enum.IntFlag):
 ALWAYS = int(PageClass.HWPOISON | PageClass.OFFLINE)
 #: Names of the report classes, in makedumpfile's attribution order (first match wins).
 CLASS_NAMES = ("free", "cache", "cache_private", "user", "hwpoison", "offline", "zero")
+
+
+#: Semantics derived per layout object: (weak reference, number of facts) guards the id.
+_SEMANTICS: cachetools.LRUCache[int, tuple[weakref.ref[Layout], int, Semantics]] = (
+    cachetools.LRUCache(maxsize=16))
+_SEMANTICS_LOCK = threading.Lock()
+
+
+def semantics_of(layout: Layout) -> Semantics:
+    """:func:`~kdlayout.semantics.derive_semantics` of ``layout``, derived once per layout
+    object (a scan repeated on one dump does not derive the rules again)."""
+    with _SEMANTICS_LOCK:
+        hit = _SEMANTICS.get(id(layout))
+        if hit is not None and hit[0]() is layout and hit[1] == len(layout):
+            return hit[2]
+    sem = derive_semantics(layout)
+    with _SEMANTICS_LOCK:
+        _SEMANTICS[id(layout)] = (weakref.ref(layout), len(layout), sem)
+    return sem
 
 
 def _check_level(dump_level: int) -> None:
@@ -406,7 +429,7 @@ class Scanner:
         if semantics is None:
             if layout is None:
                 raise ValueError("need a layout or semantics")
-            semantics = derive_semantics(layout)
+            semantics = semantics_of(layout)
         if memmap is None:
             if layout is None:
                 raise ValueError("need a layout or a memmap")
@@ -563,9 +586,13 @@ class Scanner:
                     raw = None
                 if raw is not None and raw.ctypes.data % 8 == 0:
                     return _Rows(raw.view("<u8").reshape(have, self._nwords), None, start)
+        ci = max(ci, 0)
+        first = int(np.searchsorted(self._chunk_end, start, side="right"))
+        if first >= len(chunks) or self._chunk_start[first] >= end:
+            # no struct page of the window is in the dump (a hole in physical memory)
+            return _Rows(np.zeros((0, self._nwords), dtype=np.uint64), np.zeros(0, bool), start)
         buf = np.zeros((total, 8 * self._nwords), dtype=np.uint8)
         has = np.zeros(total, dtype=bool)
-        ci = max(ci, 0)
         while ci < len(chunks) and chunks[ci].start_pfn < end:
             c = chunks[ci]
             ci += 1
@@ -692,6 +719,8 @@ class Scanner:
         if self._m_priv:
             code ^= (cache & ((fl & self._m_priv) != 0)).view(np.uint8) << np.uint8(1)
         code |= anon.view(np.uint8) << np.uint8(3)
+        if "offline" in self._rules:         # not rare: a ballooned guest has many
+            code |= ptest("offline").view(np.uint8) << np.uint8(6)
 
         # sparse: rows with a rare flag (head, slab, hwpoison, the old buddy flag) or a page
         # type; slab rows are fixed first, as if their mapping had no anon bit
@@ -709,9 +738,6 @@ class Scanner:
             code[sl] = scode
         if self._m_hwp:
             code[rare[(rfl & self._m_hwp) != 0]] |= np.uint8(PageClass.HWPOISON)
-        if "offline" in self._rules:
-            oi = _nz(ptest("offline"))
-            code[oi[~is_slab(oi)]] |= np.uint8(PageClass.OFFLINE)
 
         # compound heads (a tail is never a head, whatever its flags word holds: the first
         # tail's is _flags_1, whose low byte is the order)
@@ -821,6 +847,13 @@ class Scanner:
         """Class codes (without ZERO) of pfns ``[start, start + n)``."""
         r = self._rows(start, n + self.lookahead + 1)
         total = len(r.words)
+        if not total:
+            code = np.zeros(n, dtype=np.uint8)
+            li = np.flatnonzero(self._covered(start, n))
+            anomalies.add("memmap-not-in-dump", "a present section's struct page for the pfn "
+                          "is not in the dump", li + start)
+            code[li] = _ANOMALY
+            return code
         own = self._own(r, anomalies, n)
         code = own.code
         if r.has is not None:
@@ -879,9 +912,10 @@ class Scanner:
             if back:
                 fi = np.concatenate(([0], fi))
                 ends = np.concatenate(([min(back, n)], ends))
-            depth = np.cumsum(np.bincount(fi, minlength=n + 1)[:n]
-                              - np.bincount(ends, minlength=n + 1)[:n])
-            covered = depth > 0
+            diff = np.zeros(n + 1, dtype=np.int32)
+            np.add.at(diff, fi, 1)
+            np.add.at(diff, ends, -1)
+            covered = np.cumsum(diff[:n], dtype=np.int32) > 0
             covered &= (code[:n] & _ANOMALY) == 0
             code[:n] |= covered.view(np.uint8) << np.uint8(4)
         return code[:n]
