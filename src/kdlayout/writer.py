@@ -487,7 +487,9 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                 t_wait += time.perf_counter() - t
                 store(c, last_pfn)
         flush_descs()
+        t = time.perf_counter()
         sink.finish()
+        res.timings["finish"] = time.perf_counter() - t
     except OutOfSpace as exc:
         for f, _, _ in pending:
             f.cancel()
