@@ -183,10 +183,13 @@ def test_makedumpfile_output_bitmap(fixture: Fixture, key: str) -> None:
     partial = r.valid & ~ours.full
     scheme = derive_semantics(ours.layout).page_types.scheme
     if scheme is not PageTypeScheme.TOP_BYTE_TAG:
-        # 5.10 / 6.1: identical, except that makedumpfile does not write a frame the dump holds
-        # only partly (its first bitmap rounds a segment's end down)
-        assert np.array_equal(md, kept & ~partial)
-        assert np.array_equal(md_zero, zero)
+        # 5.10 / 6.1: identical, except for a frame the dump holds only partly, which we keep
+        # and makedumpfile usually drops (its first bitmap rounds a segment's end down; 1.7.6
+        # kept pfn 0x9f of the 16 GiB bookworm guest)
+        assert np.array_equal(md & ~partial, kept & ~partial)
+        assert not (md & partial & ~kept).any()
+        # (1.7.6 wrote that partial frame as a zero page; we write what the dump has of it)
+        assert np.array_equal(md_zero & ~partial, zero & ~partial)
         return
     assert version is not None, "cannot tell which makedumpfile wrote the file"
     prim = primary_classes(r.codes, 31)
@@ -279,6 +282,10 @@ def test_workload_pfns_land_in_their_classes(fixture: Fixture) -> None:
     assert codes is not None
     # A page the workload saw may since have been freed or handed to the balloon.
     reused = PageClass.FREE | PageClass.OFFLINE
+    # KSM frees the duplicates it merges, after the workload noted their pfns; on the busy
+    # 16 GiB guest some were reused as page cache by the time of the crash (pfn 0x2974d0 of
+    # bookworm-16384m: PG_lru|PG_private, mapping of ext4 inode 35, checked with drgn).
+    reused_by = {"ksm": reused | PageClass.CACHE_PRIVATE}
     expect = {"anon": PageClass.USER, "anon_zero": PageClass.USER, "ksm": PageClass.USER,
               "thp": PageClass.USER, "hugetlb": PageClass.USER,
               "pagecache": PageClass.CACHE_PRIVATE,       # any page cache (ext4: buffer heads)
@@ -303,7 +310,7 @@ def test_workload_pfns_land_in_their_classes(fixture: Fixture) -> None:
                 if not pfn:
                     continue
                 c = int(codes[pfn])
-                assert c & (bits | reused) or (c in (0, PageClass.ZERO) and refcount(pfn) == 0), \
+                assert c & (bits | reused_by.get(group, reused)) or (c in (0, PageClass.ZERO) and refcount(pfn) == 0), \
                     f"{group} pfn {pfn:#x}: class {PageClass(c)!r}"
                 hits += bool(c & bits)
     assert hits >= 10
