@@ -88,13 +88,13 @@ class PageBitmaps(NamedTuple):
     excluded: dict[str, int]     # excluded pages per class (empty at level 0)
 
 
-#: Compression threads per codec when none are asked for (measured, docs/writer.md): zlib's
-#: ~40 µs a page gains from a second thread; LZO, snappy and zstd take ~5 µs a page in C, and the
-#: per-page hand-offs of the GIL cost as much as a second thread saves, so they run inline.
+#: Compression threads per codec when none are asked for (measured, docs/writer.md): zlib
+#: (~40 µs a page) and zstd (~11 µs) gain from a second thread; LZO and snappy take ~5 µs a page
+#: in C, about what the per-page Python glue and GIL hand-offs cost, so they run inline.
 DEFAULT_THREADS: Final = {0: 1, codecs.DUMP_DH_COMPRESSED_ZLIB: 2,
                           codecs.DUMP_DH_COMPRESSED_LZO: 1,
                           codecs.DUMP_DH_COMPRESSED_SNAPPY: 1,
-                          codecs.DUMP_DH_COMPRESSED_ZSTD: 1}
+                          codecs.DUMP_DH_COMPRESSED_ZSTD: 2}
 
 
 @dataclass(frozen=True)
