@@ -15,6 +15,10 @@ Usage: python tools/bench_dump.py [VMCORE] [--level 31] [--codecs c,l,z,p] [--th
 Default VMCORE: the largest fixture vmcore. Without ``--threads`` kdlayout picks its per-codec
 default; ``--mdf-threads 0`` leaves out the threaded makedumpfile run (default 2).
 
+``--rss-sizes 1,4,16`` instead measures kdlayout alone on synthetic sparse ELF cores of those
+sizes in GiB (one PT_LOAD from 0; every 64th page holds data, the rest is zeros in file holes;
+``-d 1``), to show that time grows with the size and peak RSS does not.
+
 kdlayout's byte code is compiled first (``compileall``; ``PYTHONDONTWRITEBYTECODE`` only stops
 writing it), as an installed package has it: otherwise every run would compile ~0.2 s of source.
 """
@@ -71,6 +75,50 @@ def run_child(cmd: list[str], out: Path) -> Run:
     return Run(seconds, size, int(ru.ru_maxrss), proc.returncode)
 
 
+def sparse_core(path: Path, gib: int) -> None:
+    """A sparse ELF64 x86_64 core of ``gib`` GiB of RAM at physical address 0: every 64th page
+    holds compressible non-zero bytes, the others are file holes (zeros)."""
+    from synth import EHDR, PHDR, PT_LOAD, PT_NOTE, SAMPLE_VMCOREINFO, note_bytes, prstatus_desc
+
+    notes = (note_bytes("CORE", 1, prstatus_desc(1))
+             + note_bytes("VMCOREINFO", 0, SAMPLE_VMCOREINFO.encode()))
+    ps = 4096
+    size = gib << 30
+    data_off = -(-(64 + 2 * 56 + len(notes)) // ps) * ps
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    head = (EHDR.pack(ident, 4, 62, 1, 0, 64, 0, 0, 64, 56, 2, 0, 0, 0)
+            + PHDR.pack(PT_NOTE, 0, 64 + 2 * 56, 0, 0, len(notes), len(notes), 0)
+            + PHDR.pack(PT_LOAD, 7, data_off, 0, 0, size, size, 0) + notes)
+    page = (bytes(range(256)) * (ps // 256))[:ps // 2] + bytes(ps // 2)
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(data_off + size)
+        for pfn in range(0, size // ps, 64):
+            f.seek(data_off + pfn * ps)
+            f.write(page)
+
+
+def rss_scan(sizes: list[int], codecs: list[str], outdir: Path) -> int:
+    """kdlayout ``-d 1`` on sparse cores of ``sizes`` GiB: wall time, output size, peak RSS."""
+    kd = [sys.executable, "-m", "kdlayout.cli", "dump"]
+    print(f"{'GiB':>4} {'codec':<7} {'s':>6} {'MiB':>7} {'RSS MiB':>8}")
+    for gib in sizes:
+        core = outdir / f"sparse{gib}.core"
+        sparse_core(core, gib)
+        try:
+            for letter in codecs:
+                out = outdir / f"sparse{gib}.{letter}"
+                r = run_child([*kd, "-d", "1", f"-{letter}", "--message-level", "0", str(core),
+                               str(out)], out)
+                print(f"{gib:>4} {CODEC_NAMES[letter]:<7} {r.seconds:>6.2f} "
+                      f"{r.size / 2**20:>7.1f} {r.maxrss_kib / 1024:>8.0f}"
+                      + ("" if r.status == 0 else "  (failed)"))
+                out.unlink(missing_ok=True)
+        finally:
+            core.unlink()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("vmcore", nargs="?")
@@ -84,7 +132,17 @@ def main() -> int:
     ap.add_argument("--makedumpfile", default="/usr/bin/makedumpfile")
     ap.add_argument("--outdir", help="where the outputs go (default: a temporary directory)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--rss-sizes", help="GiB list: kdlayout alone on sparse synthetic cores")
     args = ap.parse_args()
+    if args.rss_sizes:
+        outdir = Path(args.outdir or tempfile.mkdtemp(prefix="bench_dump."))
+        outdir.mkdir(parents=True, exist_ok=True)
+        try:
+            return rss_scan([int(x) for x in args.rss_sizes.split(",")],
+                            args.codecs.split(","), outdir)
+        finally:
+            if not args.outdir:
+                shutil.rmtree(outdir, ignore_errors=True)
     vmcore = Path(args.vmcore) if args.vmcore else _largest_fixture()
     if vmcore is None:
         print("no VMCORE given and no fixture built", file=sys.stderr)

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
@@ -134,11 +134,25 @@ def level0_bitmaps(dump: PhysicalMemory, dump_level: int = 0) -> PageBitmaps:
     ps = dump.info.page_size
     ranges = dump.ranges()
     max_pfn = -(-ranges[-1].end // ps) if ranges else 0
-    bits = np.zeros(max_pfn, dtype=bool)
+    packed = np.zeros((max_pfn + 7) // 8, dtype=np.uint8)     # 1 bit per pfn, never 1 byte
     for r in ranges:
-        bits[r.start // ps: -(-r.end // ps)] = True
-    packed = np.packbits(bits, bitorder="little")
+        _set_bits(packed, r.start // ps, -(-r.end // ps))
     return PageBitmaps(max_pfn, packed, packed, dump_level, {})
+
+
+def _set_bits(packed: np.ndarray, a: int, b: int) -> None:
+    """Set bits ``[a, b)`` of a packed little-endian bitmap."""
+    if a >= b:
+        return
+    lo, hi = a >> 3, (b - 1) >> 3
+    first = (0xFF << (a & 7)) & 0xFF
+    last = 0xFF >> (7 - ((b - 1) & 7))
+    if lo == hi:
+        packed[lo] |= first & last
+        return
+    packed[lo] |= first
+    packed[lo + 1:hi] = 0xFF
+    packed[hi] |= last
 
 
 def scan_bitmaps(dump: PhysicalMemory, layout: Layout, dump_level: int, *,
@@ -294,11 +308,11 @@ def _release(pages: np.ndarray) -> None:
         _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
 
 
-def _chunks(starts: np.ndarray, ends: np.ndarray, per: int) -> Iterator[list[tuple[int, int]]]:
+def _chunks(runs: Iterable[tuple[int, int]], per: int) -> Iterator[list[tuple[int, int]]]:
     """Runs of dumped pfns cut and grouped into chunks of at most ``per`` pages."""
     cur: list[tuple[int, int]] = []
     n = 0
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+    for s, e in runs:
         while s < e:
             take = min(e - s, per - n)
             cur.append((s, s + take))
@@ -345,8 +359,30 @@ def count_dumpable(bm: PageBitmaps, start: int = 0, end: int | None = None) -> i
     end = bm.max_pfn if end is None else min(end, bm.max_pfn)
     if end <= start:
         return 0
-    bits = np.unpackbits(bm.dumpable[start >> 3:(end + 7) >> 3], bitorder="little")
-    return int(bits[start & 7:(start & 7) + end - start].sum())
+    lo, hi = -(-start // 8), end // 8                      # whole bytes inside the range
+    if lo >= hi:
+        bits = np.unpackbits(bm.dumpable[start >> 3:(end + 7) >> 3], bitorder="little")
+        return int(bits[start & 7:(start & 7) + end - start].sum())
+    total = int(_popcount_bytes(bm.dumpable[lo:hi]).sum(dtype=np.int64))
+    return total + count_dumpable(bm, start, lo * 8) + count_dumpable(bm, hi * 8, end)
+
+
+#: Bitmap bytes looked at per step when walking runs (512 Ki pfns): memory stays bounded
+#: whatever the RAM size and however fragmented the bitmap.
+_RUN_WINDOW: Final = 1 << 16
+
+
+def _runs(bitmap: np.ndarray, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """Runs ``(start, end)`` of set bits in ``[lo, hi)``, window by window (a run crossing a
+    window edge comes in two pieces)."""
+    for b0 in range(lo >> 3, (hi + 7) >> 3, _RUN_WINDOW):
+        b1 = min(b0 + _RUN_WINDOW, (hi + 7) >> 3)
+        starts, ends = bit_runs(bitmap[b0:b1], (b1 - b0) * 8)
+        base = b0 * 8
+        for st, en in zip(starts.tolist(), ends.tolist(), strict=True):
+            a, b = max(st + base, lo), min(en + base, hi)
+            if a < b:
+                yield a, b
 
 
 def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOptions,
@@ -401,11 +437,6 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
     sink.pwrite(bytes(ps), lay.zero_page_offset)
     res.timings["header"] = time.perf_counter() - t0
 
-    starts, ends = bit_runs(bm.dumpable, bm.max_pfn)
-    if split is not None:
-        starts, ends = np.maximum(starts, lo), np.minimum(ends, hi)
-        keep = starts < ends
-        starts, ends = starts[keep], ends[keep]
     cursor = lay.data_offset
     k_written = 0                          # descriptors in the file
     descs: list[np.ndarray] = []           # finished but not yet written
@@ -456,7 +487,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
     pool = (ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kdlayout-compress")
             if threads > 1 else None)
     try:
-        it = _chunks(starts, ends, max(8, opts.chunk_pages))
+        it = _chunks(_runs(bm.dumpable, lo, hi), max(8, opts.chunk_pages))
         if pool is None:                   # one thread: no hand-offs, no GIL ping-pong
             for chunk in it:
                 parts = read_chunk(chunk)
@@ -789,8 +820,7 @@ def zero_page_bits(dump: PhysicalMemory, bm: PageBitmaps) -> np.ndarray:
     """Packed bitmap of the written pfns whose content is all zeros (reads their pages)."""
     ps = dump.info.page_size
     out = np.zeros(bm.dumpable.size, dtype=np.uint8)
-    starts, ends = bit_runs(bm.dumpable, bm.max_pfn)
-    for chunk in _chunks(starts, ends, 2048):
+    for chunk in _chunks(_runs(bm.dumpable, 0, bm.max_pfn), 2048):
         for a, b in chunk:
             pages = _read_run(dump, a, b, ps)
             z = ~pages.any(axis=1)
@@ -882,7 +912,7 @@ def write_elf(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink,
                             0)
         pos += r.filesz
     head += note_bytes
-    res = WriteResult(pages_dumped=int(np.unpackbits(bm.dumpable).sum()) if bm.max_pfn else 0)
+    res = WriteResult(pages_dumped=count_dumpable(bm))
     sink.pwrite(bytes(head), 0)
     total = sum(r.filesz for r in runs)
     done = 0
