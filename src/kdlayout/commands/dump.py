@@ -20,8 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import codecs
-from ..compress import backend_name
+from ..compress import backend_name, compressor_factory
 from ..diskdump_write import FlatSink, OutOfSpace
 from ..dumpfile import open_dump
 from ..errors import KdlayoutError
@@ -159,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     ml = args.message_level
     threads = None if args.num_threads is None else max(1, args.num_threads)
     opts = WriteOptions(compression=CODEC_FLAGS[args.codec or "none"], threads=threads)
-    codecs.require(opts.compression)
+    compressor_factory(opts.compression)     # the codec's C library or Python package is there
     if args.check_params:
         if ml & ML_COMMON:
             sys.stderr.write("Commandline parameter is valid.\n")
