@@ -875,3 +875,53 @@ def test_split_enospc(small_tmpfs: Path) -> None:
                         assert d.read(rr.start, PS) == src.read(rr.start, PS)
         assert flagged
         assert 0 < saved == int(msg.split(" of ")[0].rsplit(" ", 1)[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+
+
+def _sparse_core(path: Path, size: int, every: int = 64) -> None:
+    """An ELF core of ``size`` bytes of RAM at 0 in one PT_LOAD; every ``every``-th page holds
+    data, the others are file holes (zeros)."""
+    from synth import EHDR, PHDR, PT_LOAD, PT_NOTE, SAMPLE_VMCOREINFO, note_bytes, prstatus_desc
+    notes = (note_bytes("CORE", 1, prstatus_desc(1))
+             + note_bytes("VMCOREINFO", 0, SAMPLE_VMCOREINFO.encode()))
+    data_off = -(-(64 + 2 * 56 + len(notes)) // PS) * PS
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    head = (EHDR.pack(ident, 4, 62, 1, 0, 64, 0, 0, 64, 56, 2, 0, 0, 0)
+            + PHDR.pack(PT_NOTE, 0, 64 + 2 * 56, 0, 0, len(notes), len(notes), 0)
+            + PHDR.pack(PT_LOAD, 7, data_off, 0, 0, size, size, 0) + notes)
+    page = page_pattern(7)
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(data_off + size)
+        for pfn in range(0, size // PS, every):
+            f.seek(data_off + pfn * PS)
+            f.write(page)
+
+
+def test_peak_rss_flat_in_ram_size(tmp_path: Path) -> None:
+    """Peak RSS of ``kdlayout dump -d 1`` stays under 80 MiB and grows by less than 8 MiB from
+    256 MiB to 2 GiB of RAM (every page read, zero pages shared, 1/64 of them with data)."""
+    codec = "-l" if _have("lzo") else "-c"
+    peaks = []
+    for size in (256 << 20, 2 << 30):
+        core, out = tmp_path / "sparse.core", tmp_path / "sparse.kdump"
+        _sparse_core(core, size)
+        proc = subprocess.Popen([sys.executable, "-m", "kdlayout.cli", "dump", codec, "-d", "1",
+                                 "--message-level", "0", str(core), str(out)],
+                                stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, err
+        peaks.append(usage.ru_maxrss / 1024)
+        with open_dump(out) as d:
+            assert isinstance(d, DiskDump)
+            assert d.num_dumpable == size // PS
+            assert d.read_page(64) == page_pattern(7) and d.read_page(65) == bytes(PS)
+        core.unlink()
+        out.unlink()
+    assert max(peaks) < 80, peaks
+    assert peaks[1] - peaks[0] < 8, peaks
