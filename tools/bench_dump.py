@@ -5,7 +5,8 @@ For each codec, the tools run on the same vmcore in the same invocation, same du
 interleaved (kdlayout, makedumpfile, makedumpfile threaded, then again): ``kdlayout dump -d LEVEL
 -X [--num-threads N] VMCORE OUT``, ``makedumpfile -d LEVEL -X VMCORE OUT`` (its default: no
 threads) and ``makedumpfile -d LEVEL -X --num-threads M VMCORE OUT``. Each run is a child process;
-wall time is measured around it and peak RSS comes from ``os.wait4``'s rusage of that child. The
+wall time is measured around it and peak RSS is the child's ``VmHWM`` (polled; see
+:func:`peak_rss_kib`). The
 report gives, per codec, wall time, output size and peak RSS of each, and the kdlayout /
 makedumpfile ratios (median of ``--repeat`` runs).
 
@@ -58,21 +59,43 @@ def _largest_fixture() -> Path | None:
     return max(cores, key=lambda p: p.stat().st_size, default=None)
 
 
+def peak_rss_kib(proc: subprocess.Popen[bytes]) -> int:
+    """Peak RSS of a running child: its ``VmHWM``, polled every 2 ms until it exits (left
+    unreaped for the caller). ``wait4``'s ``ru_maxrss`` is no use here: Linux folds the RSS of
+    the memory the child had before ``exec`` into it, and with ``vfork`` that is this (parent)
+    process's peak."""
+    path = f"/proc/{proc.pid}/status"
+    peak = 0
+    while True:
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+                        break
+        except OSError:
+            pass
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return peak
+        time.sleep(0.002)
+
+
 def run_child(cmd: list[str], out: Path) -> Run:
     """Run ``cmd`` (writing ``out``); wall time, output size, peak RSS of that child."""
     if out.exists():
         out.unlink()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _pid, status, ru = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(f"{' '.join(cmd)}: exit {proc.returncode}\n{err.decode(errors='replace')}")
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        peak = peak_rss_kib(proc)
+        status = proc.wait()
+        seconds = time.perf_counter() - t0
+        if status != 0:
+            err.seek(0)
+            sys.stderr.write(f"{' '.join(cmd)}: exit {status}\n"
+                             f"{err.read().decode(errors='replace')}")
     size = out.stat().st_size if out.exists() else 0
-    return Run(seconds, size, int(ru.ru_maxrss), proc.returncode)
+    return Run(seconds, size, peak, status)
 
 
 def sparse_core(path: Path, gib: int) -> None:
