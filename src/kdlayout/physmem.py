@@ -15,9 +15,13 @@ opens files and picks the format (:func:`open_dump`).
 from __future__ import annotations
 
 import abc
+import ctypes
+import ctypes.util
+import mmap
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -128,3 +132,46 @@ class PhysicalMemory(abc.ABC):
         return NotInDumpError(
             f"physical range {paddr:#x}-{paddr + size:#x} is not in the dump",
             paddr=paddr, path=self.info.path)
+
+
+_MADV_DONTNEED: Final = 4
+_AROUND: Final = 64 << 10
+_libc: ctypes.CDLL | None = None
+
+
+def release_view(pages: np.ndarray, *, whole_mapping: bool = False) -> None:
+    """Drop the page-table entries of a zero-copy view (:meth:`PhysicalMemory.view`) of a
+    read-only file mapping once the caller is done with it, so RSS stays flat in the dump size
+    (the page cache keeps the data; a later access maps it again). Only whole pages inside the
+    view are dropped; arrays that own their memory, and writable or anonymous mappings, are
+    left alone. ``whole_mapping`` drops every page of the file mapping the view lies in: the
+    kernel maps neighbours of a faulting page too (fault-around, large folios), which a
+    per-view release misses, so long scans call it now and then."""
+    global _libc
+    base: object = pages
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, mmap.mmap | memoryview) or sys.platform != "linux":
+        return
+    if isinstance(base, memoryview) and not isinstance(base.obj, mmap.mmap):
+        return
+    # only read-only (file, ACCESS_READ) mappings: dropping pages of a writable or anonymous
+    # mapping would lose data
+    with memoryview(base) as mv:
+        if not mv.readonly:
+            return
+        whole = np.frombuffer(mv, dtype=np.uint8)
+        m_lo, m_hi = whole.ctypes.data, whole.ctypes.data + whole.nbytes
+        del whole
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # Out to the kernel's fault-around window (fault_around_bytes, 64 KiB by default): a read
+    # fault maps the neighbouring pages of the file too, and leaving those mapped would let RSS
+    # grow with the dump after all. Neighbours another reader still uses are just mapped again.
+    lo = max(pages.ctypes.data // _AROUND * _AROUND, -(-m_lo // mmap.PAGESIZE) * mmap.PAGESIZE)
+    hi = min(-(-(pages.ctypes.data + pages.nbytes) // _AROUND) * _AROUND,
+             m_hi // mmap.PAGESIZE * mmap.PAGESIZE)
+    if whole_mapping:
+        lo, hi = -(-m_lo // mmap.PAGESIZE) * mmap.PAGESIZE, m_hi // mmap.PAGESIZE * mmap.PAGESIZE
+    if hi > lo:
+        _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)

@@ -42,7 +42,7 @@ import numpy as np
 from .errors import KdlayoutError
 from .layout import Layout
 from .memmodel import MemMap, build_memmap
-from .physmem import PhysicalMemory
+from .physmem import PhysicalMemory, release_view
 from .semantics import (
     HugetlbMarker,
     PageTypeRule,
@@ -73,7 +73,7 @@ _MASK64 = (1 << 64) - 1
 #: Default pfns per work block (4 MiB of 64-byte struct pages; several blocks keep both threads busy).
 DEFAULT_BLOCK_PAGES = 1 << 16
 #: Bytes of page content checked for zeros per read (bounded memory).
-_ZERO_CHUNK = 8 << 20
+_ZERO_CHUNK = 1 << 20
 #: struct pages per slice when extracting fields (512 KiB of 64-byte pages: fits in L2).
 _CACHE_PAGES = 8192
 #: Examples kept per anomaly kind.
@@ -918,6 +918,9 @@ class Scanner:
             covered = np.cumsum(diff[:n], dtype=np.int32) > 0
             covered &= (code[:n] & _ANOMALY) == 0
             code[:n] |= covered.view(np.uint8) << np.uint8(4)
+        # done with these struct pages: drop their mapping (and whatever the kernel mapped
+        # around the window's reads), so RSS stays flat in RAM size
+        release_view(r.words, whole_mapping=True)
         return code[:n]
 
     def _covered(self, start: int, total: int) -> np.ndarray:
@@ -993,6 +996,7 @@ class Scanner:
                 rows = v.view("<u8").reshape(q - p, ps // 8) if v.ctypes.data % 8 == 0 else \
                     v.reshape(q - p, ps)
                 out[p:q] = ~rows.any(axis=1)
+                release_view(v)
         return out
 
 

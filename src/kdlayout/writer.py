@@ -23,13 +23,9 @@ pages were saved.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import itertools
-import mmap
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -56,13 +52,15 @@ from .errors import KdlayoutError, NotInDumpError
 from .kimage import KernelImage
 from .layout import Layout
 from .notes import Note
-from .physmem import PhysicalMemory
+from .physmem import PhysicalMemory, release_view
 from .vmcoreinfo import VmcoreInfo
 
 #: Pages per unit of work handed to a compression thread.
 DEFAULT_CHUNK_PAGES: Final = 256
 #: Descriptors collected before one write into the descriptor table.
 _DESC_BATCH: Final = 1 << 14
+#: Input bytes compressed between two releases of the whole input mapping (bounds RSS).
+_RELEASE_ALL: Final = 16 << 20
 #: NT_PRSTATUS.
 _NT_PRSTATUS: Final = 1
 _MASK64: Final = 0xFFFFFFFFFFFFFFFF
@@ -278,36 +276,6 @@ def _read_run(dump: PhysicalMemory, a: int, b: int, ps: int) -> np.ndarray:
     return v.reshape(b - a, ps)
 
 
-_MADV_DONTNEED: Final = 4
-_libc: ctypes.CDLL | None = None
-
-
-def _release(pages: np.ndarray) -> None:
-    """Drop the page-table entries of a zero-copy view of a read-only file mapping once its
-    pages are compressed, so RSS stays flat in the dump size (the page cache keeps the data;
-    a later access maps it again). Arrays that own their memory are left alone."""
-    global _libc
-    base: object = pages
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if not isinstance(base, mmap.mmap | memoryview) or sys.platform != "linux":
-        return
-    if isinstance(base, memoryview) and not isinstance(base.obj, mmap.mmap):
-        return
-    # only read-only (file, ACCESS_READ) mappings: dropping pages of a writable or anonymous
-    # mapping would lose data
-    with memoryview(base) as mv:
-        if not mv.readonly:
-            return
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    ps = mmap.PAGESIZE
-    lo = -(-pages.ctypes.data // ps) * ps
-    hi = (pages.ctypes.data + pages.nbytes) // ps * ps
-    if hi > lo:
-        _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
-
-
 def _chunks(runs: Iterable[tuple[int, int]], per: int) -> Iterator[list[tuple[int, int]]]:
     """Runs of dumped pfns cut and grouped into chunks of at most ``per`` pages."""
     cur: list[tuple[int, int]] = []
@@ -454,6 +422,18 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
             k_written += len(table)
             descs = []
 
+    since_release = 0
+
+    def released(views: list[np.ndarray]) -> None:
+        """Drop the mapping of pages done with; every _RELEASE_ALL bytes, of the whole file
+        (pages the kernel mapped around them)."""
+        nonlocal since_release
+        for v in views:
+            since_release += v.nbytes
+            release_view(v, whole_mapping=since_release >= _RELEASE_ALL)
+            if since_release >= _RELEASE_ALL:
+                since_release = 0
+
     def read_chunk(chunk: list[tuple[int, int]]) -> list[np.ndarray]:
         nonlocal t_read
         t = time.perf_counter()
@@ -493,8 +473,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                 parts = read_chunk(chunk)
                 t = time.perf_counter()
                 c = _compress_chunk(parts, make, local)
-                for v in parts:
-                    _release(v)
+                released(parts)
                 t_wait += time.perf_counter() - t
                 store(c, chunk[-1][1])
         else:
@@ -513,8 +492,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                 fut, last_pfn, views = pending.popleft()
                 t = time.perf_counter()
                 c = fut.result()
-                for v in views:
-                    _release(v)
+                released(views)
                 t_wait += time.perf_counter() - t
                 store(c, last_pfn)
         flush_descs()
@@ -824,7 +802,7 @@ def zero_page_bits(dump: PhysicalMemory, bm: PageBitmaps) -> np.ndarray:
         for a, b in chunk:
             pages = _read_run(dump, a, b, ps)
             z = ~pages.any(axis=1)
-            _release(pages)
+            release_view(pages)
             idx = np.flatnonzero(z) + a
             np.bitwise_or.at(out, idx >> 3, (1 << (idx & 7)).astype(np.uint8))
     return out
@@ -923,7 +901,7 @@ def write_elf(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink,
             pages = _read_run(dump, first, last, ps)
             lo = r.paddr + a - first * ps
             sink.pwrite(pages.reshape(-1)[lo:lo + n].data, off + a)
-            _release(pages)
+            release_view(pages)
             done += n
         if progress is not None:
             progress(done, total)
