@@ -89,6 +89,22 @@ def test_reads_and_views() -> None:
     assert core.contains(0x5000, 0x1000) and not core.contains(0x5000, 0x1001)
 
 
+def test_read_into_from_a_file_equals_read(tmp_path: Path) -> None:
+    # pread from the file (one segment) and the copying fallback (spanning, or not in the dump)
+    lay = build_core([Seg(0x3000, page_pattern(3)), Seg(0x1000, page_pattern(1, 2)),
+                      Seg(0x10000, page_pattern(16, 18))])
+    path = tmp_path / "core"
+    path.write_bytes(lay.data)
+    with ElfCore.open(path) as core:
+        for paddr, size in [(0x1000, PAGE), (0x1008, 3 * PAGE - 16), (0x2FF8, 16),
+                            (0x10000, 2 * PAGE), (0x11FF0, 16)]:
+            out = np.full(size, 0xAA, dtype=np.uint8)
+            core.read_into(paddr, out)
+            assert out.tobytes() == core.read(paddr, size)
+        with pytest.raises(NotInDumpError):
+            core.read_into(0x4000, np.zeros(16, dtype=np.uint8))
+
+
 def test_read_spanning_non_contiguous_file_offsets() -> None:
     # physically adjacent, but the second segment's bytes come first in the file
     lay = build_core([Seg(0x3000, page_pattern(3)), Seg(0x1000, page_pattern(1, 2))])

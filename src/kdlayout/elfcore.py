@@ -264,8 +264,8 @@ class ElfCore(PhysicalMemory):
             os.close(fd)
             raise
         if mm is not None:
-            os.close(fd)
-            return cls(_Reader(spath, len(mm), memoryview(mm), None, mm))
+            # the descriptor stays open for read_into (pread into the caller's buffer)
+            return cls(_Reader(spath, len(mm), memoryview(mm), fd, mm))
         return cls(_Reader(spath, size, None, fd, None))
 
     @classmethod
@@ -459,6 +459,26 @@ class ElfCore(PhysicalMemory):
             return arr
         arr = np.frombuffer(self.read(paddr, size), dtype=np.uint8)
         return arr
+
+    def read_into(self, paddr: int, out: np.ndarray) -> None:
+        """Like :meth:`PhysicalMemory.read_into`, with ``preadv`` from the file when the range
+        lies in one segment (no mapping of the file is touched)."""
+        size = out.nbytes
+        i = self._locate(paddr)
+        fd = self._reader.fd
+        if (i < 0 or paddr + size > self._ends[i] or fd is None or not out.flags.c_contiguous
+                or not out.flags.writeable):
+            super().read_into(paddr, out)
+            return
+        o = self._offs[i] + (paddr - self._starts[i])
+        got = 0
+        buf = out.reshape(-1).view(np.uint8)
+        while got < size:
+            n = os.preadv(fd, [buf[got:].data], o + got)
+            if n <= 0:
+                raise CorruptError(f"short read: {got} of {size} bytes", path=self._reader.path,
+                                   offset=o + got)
+            got += n
 
     @property
     def vmcoreinfo(self) -> bytes | None:

@@ -87,6 +87,12 @@ class PhysicalMemory(abc.ABC):
         """
         return np.frombuffer(self.read(paddr, size), dtype=np.uint8)
 
+    def read_into(self, paddr: int, out: np.ndarray) -> None:
+        """Fill the writable ``uint8`` array ``out`` with the bytes at ``paddr``: a copy into
+        memory the caller owns, so reading does not map the dump file (no page faults, no
+        RSS growing with the dump). Raises :class:`NotInDumpError` like :meth:`read`."""
+        out[:] = self.view(paddr, out.nbytes)
+
     @property
     def vmcoreinfo(self) -> bytes | None:
         """The raw VMCOREINFO text of the crashed kernel, if the dump carries one."""

@@ -263,10 +263,12 @@ def _compress_chunk(parts: list[np.ndarray], make: Callable[[], PageCompressor],
 
 
 def _read_run(dump: PhysicalMemory, a: int, b: int, ps: int) -> np.ndarray:
-    """Pages ``[a, b)`` as a ``(b - a, ps)`` array; bytes the dump lacks (partial frames at the
-    edge of a range) read as zeros."""
+    """Pages ``[a, b)`` as a ``(b - a, ps)`` array of our own (read, not mapped: no page faults
+    on the dump file, whose lock two threads would fight over, and no RSS growing with it);
+    bytes the dump lacks (partial frames at the edge of a range) read as zeros."""
     try:
-        v = dump.view(a * ps, (b - a) * ps)
+        v = np.empty((b - a) * ps, dtype=np.uint8)
+        dump.read_into(a * ps, v)
     except NotInDumpError:
         buf = np.zeros((b - a) * ps, dtype=np.uint8)
         for r in dump.iter_ranges(a * ps, b * ps):
