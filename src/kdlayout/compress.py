@@ -140,18 +140,20 @@ class _Native:
         # the cursor advances by at most ps a page; the last page may need the codec's bound
         out = np.empty((todo.size - 1) * ps + bound, dtype=np.uint8)
         dst0 = out.ctypes.data
-        one, move, flag = self._one, ctypes.memmove, self.flag
+        one, move = self._one, ctypes.memmove
+        # per page only the C call and list work: sizes and flags are set in numpy afterwards
+        got: list[int] = []
         cur = 0
-        for i, src in zip(todo.tolist(), srcs, strict=True):
+        for src in srcs:
             size = one(src, dst0 + cur, bound)
-            if size < ps:
-                sizes[i] = size
-                flags[i] = flag
-                cur += size
-            else:
+            if size >= ps:              # not smaller: the page as it is
                 move(dst0 + cur, src, ps)
-                sizes[i] = ps
-                cur += ps
+                size = ps
+            got.append(size)
+            cur += size
+        done = np.array(got, dtype=np.uint32)
+        sizes[todo] = done
+        flags[todo] = np.where(done < ps, np.uint32(self.flag), np.uint32(0))
         return CompressedChunk(sizes, flags, out[:cur].data)
 
 
