@@ -5,8 +5,10 @@ are in memory, which to dump), from the scanner (:func:`scan_bitmaps`) or, at du
 straight from the dump's ranges (:func:`level0_bitmaps`). Output: the image, through a
 :class:`~kdlayout.diskdump_write.Sink` (a file or makedumpfile's flattened stream).
 
-Pipeline: the main thread walks the runs of dumped pfns in chunks of ``chunk_pages`` pages, takes
-zero-copy views of the input, finds zero pages (numpy) and compresses the others page by page
+Pipeline: the main thread walks the runs of dumped pfns in chunks of ``chunk_pages`` pages, reads
+them into buffers of its own (:meth:`~kdlayout.physmem.PhysicalMemory.read_into`: ``preadv``, no
+mapping of the input, so no page faults and no RSS tied to the dump), finds zero pages (numpy)
+and compresses the others page by page
 (:mod:`kdlayout.compress`: the C libraries through ctypes, GIL released), inline or on a thread
 pool (per-codec default, :data:`DEFAULT_THREADS`), and writes the finished chunks in pfn order:
 page data appended, descriptors batched and written into the descriptor table. At most ``2 * threads`` chunks are in flight, so memory is bounded by the chunk
@@ -52,15 +54,13 @@ from .errors import KdlayoutError, NotInDumpError
 from .kimage import KernelImage
 from .layout import Layout
 from .notes import Note
-from .physmem import PhysicalMemory, release_view
+from .physmem import PhysicalMemory
 from .vmcoreinfo import VmcoreInfo
 
 #: Pages per unit of work handed to a compression thread.
 DEFAULT_CHUNK_PAGES: Final = 256
 #: Descriptors collected before one write into the descriptor table.
 _DESC_BATCH: Final = 1 << 14
-#: Input bytes compressed between two releases of the whole input mapping (bounds RSS).
-_RELEASE_ALL: Final = 16 << 20
 #: NT_PRSTATUS.
 _NT_PRSTATUS: Final = 1
 _MASK64: Final = 0xFFFFFFFFFFFFFFFF
@@ -424,18 +424,6 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
             k_written += len(table)
             descs = []
 
-    since_release = 0
-
-    def released(views: list[np.ndarray]) -> None:
-        """Drop the mapping of pages done with; every _RELEASE_ALL bytes, of the whole file
-        (pages the kernel mapped around them)."""
-        nonlocal since_release
-        for v in views:
-            since_release += v.nbytes
-            release_view(v, whole_mapping=since_release >= _RELEASE_ALL)
-            if since_release >= _RELEASE_ALL:
-                since_release = 0
-
     def read_chunk(chunk: list[tuple[int, int]]) -> list[np.ndarray]:
         nonlocal t_read
         t = time.perf_counter()
@@ -475,7 +463,6 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                 parts = read_chunk(chunk)
                 t = time.perf_counter()
                 c = _compress_chunk(parts, make, local)
-                released(parts)
                 t_wait += time.perf_counter() - t
                 store(c, chunk[-1][1])
         else:
@@ -491,10 +478,9 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                                     nxt[-1][1], parts))
                 if not pending:
                     break
-                fut, last_pfn, views = pending.popleft()
+                fut, last_pfn, _ = pending.popleft()
                 t = time.perf_counter()
                 c = fut.result()
-                released(views)
                 t_wait += time.perf_counter() - t
                 store(c, last_pfn)
         flush_descs()
@@ -804,7 +790,6 @@ def zero_page_bits(dump: PhysicalMemory, bm: PageBitmaps) -> np.ndarray:
         for a, b in chunk:
             pages = _read_run(dump, a, b, ps)
             z = ~pages.any(axis=1)
-            release_view(pages)
             idx = np.flatnonzero(z) + a
             np.bitwise_or.at(out, idx >> 3, (1 << (idx & 7)).astype(np.uint8))
     return out
@@ -903,7 +888,6 @@ def write_elf(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink,
             pages = _read_run(dump, first, last, ps)
             lo = r.paddr + a - first * ps
             sink.pwrite(pages.reshape(-1)[lo:lo + n].data, off + a)
-            release_view(pages)
             done += n
         if progress is not None:
             progress(done, total)
