@@ -336,13 +336,6 @@ def _narrow_dtype(mask: int) -> type[np.unsignedinteger[Any]]:
     return np.uint64
 
 
-def _bit(flags: np.ndarray, mask: int) -> np.ndarray:
-    if not mask:
-        return np.zeros(flags.shape, dtype=bool)
-    r: np.ndarray = (flags & _U64(mask)) != 0
-    return r
-
-
 # ------------------------------------------------------------------------------------------------
 # The scanner
 
