@@ -522,7 +522,7 @@ def same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _publish(tmp: str, path: str, overwrite: bool) -> None:
+def publish_file(tmp: str, path: str, overwrite: bool) -> None:
     """Give the finished temporary file its final name (no clobbering unless ``overwrite``)."""
     if overwrite:
         os.replace(tmp, path)
@@ -543,7 +543,7 @@ def _publish(tmp: str, path: str, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
-def _temp_for(path: str) -> tuple[int, str]:
+def temp_file_for(path: str) -> tuple[int, str]:
     """A mode-0600 temporary file next to ``path`` (same directory, so it can be renamed)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
                                dir=os.path.dirname(os.path.abspath(path)))
@@ -556,7 +556,8 @@ def _temp_for(path: str) -> tuple[int, str]:
     return fd, tmp
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (best effort)."""
     with contextlib.suppress(OSError):
         dfd = os.open(directory, os.O_RDONLY)
         try:
@@ -585,7 +586,7 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
     if not overwrite and os.path.lexists(path):
         raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = _temp_for(path)
+    fd, tmp = temp_file_for(path)
     try:
         sink = FileSink(fd, path)
         try:
@@ -597,8 +598,8 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
         if res.incomplete:            # drop the half-written chunk: frees space, clean tail
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, res.size)
-        _publish(tmp, path, overwrite)
-        _fsync_dir(directory)
+        publish_file(tmp, path, overwrite)
+        fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -721,7 +722,7 @@ def write_split_files(dump: PhysicalMemory, bm: PageBitmaps, paths: list[str],
         #    incomplete with no page: if the device fills up later, every file not finished
         #    says so (if even these do not fit, nothing is kept)
         for path, rng in zip(paths, ranges, strict=True):
-            fd, tmp = _temp_for(path)
+            fd, tmp = temp_file_for(path)
             tmps.append((fd, tmp, path))
             try:
                 write_kdump(dump, bm, _NoPageSink(FileSink(fd, path)), opts, split=rng)
@@ -738,9 +739,9 @@ def write_split_files(dump: PhysicalMemory, bm: PageBitmaps, paths: list[str],
                     os.ftruncate(fd, res.size)
             results.append(res)
         for _fd, tmp, path in tmps:
-            _publish(tmp, path, overwrite)
+            publish_file(tmp, path, overwrite)
         for directory in {os.path.dirname(os.path.abspath(p)) for _, _, p in tmps}:
-            _fsync_dir(directory)
+            fsync_dir(directory)
     except BaseException:
         for _fd, tmp, _path in tmps:
             with contextlib.suppress(OSError):

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
 
 from ..dumpfile import open_dump
 from ..errors import KdlayoutError
 from ..printk import PrintkLog, iter_makedumpfile, read_log
 from ..resolver import ResolveOptions, resolve
-from ..writer import same_file
+from ..writer import fsync_dir, publish_file, same_file, temp_file_for
 from .common import add_source_arguments, resolve_options
 
 
@@ -98,24 +96,16 @@ def write_file_atomically(path: str, pieces: Iterable[bytes], *, overwrite: bool
     ``overwrite`` (without it the name is taken with ``link()``, so a file that appeared meanwhile
     is not clobbered). Any error removes the temporary file. Returns the bytes written.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
-                               dir=directory)
+    fd, tmp = temp_file_for(path)
     size = 0
     try:
-        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb", closefd=False) as f:
             for piece in pieces:
                 f.write(piece)
                 size += len(piece)
         os.fsync(fd)
-        _publish(tmp, path, overwrite)
-        with contextlib.suppress(OSError):
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        publish_file(tmp, path, overwrite)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -123,23 +113,3 @@ def write_file_atomically(path: str, pieces: Iterable[bytes], *, overwrite: bool
     finally:
         os.close(fd)
     return size
-
-
-def _publish(tmp: str, path: str, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise KdlayoutError("file appeared while writing; refusing to overwrite it",
-                            path=path) from None
-    except OSError as exc:            # no hard links here (vfat, some FUSE): check, then rename
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-        if os.path.lexists(path):
-            raise KdlayoutError("file appeared while writing; refusing to overwrite it",
-                                path=path) from None
-        os.replace(tmp, path)
-        return
-    os.unlink(tmp)
