@@ -99,6 +99,23 @@ def test_names_round_trip_with_big_lengths() -> None:
     assert types == b"TtDr"
 
 
+@pytest.mark.parametrize("block", [1, 2, 3, 1 << 13])
+def test_expansion_in_blocks_matches_whole(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Names are expanded a block of symbols at a time; block edges (also inside two-byte
+    length runs) must not change the result."""
+    import kdlayout.kallsyms as ks
+
+    records = [("T", "_stext"), ("t", "x" * 200), ("D", "jiffies"), ("r", "y" * 0x3000),
+               ("b", "z"), ("T", "a_b_c"), ("t", "q" * 130)]
+    data = _names(records)
+    tokens = parse_token_table(*token_table(token_strings()), source=SRC)
+    layout = split_names(data, len(records), big=True, source=SRC)
+    monkeypatch.setattr(ks, "EXPAND_BLOCK", block)
+    names, types = expand_names(data, layout, tokens, source=SRC)
+    assert names == [n for _, n in records]
+    assert types == b"TtDrbTt"
+
+
 def test_detect_prefers_markers_when_forms_are_ambiguous() -> None:
     # 300 symbols, one of them "big": both forms may decode, markers decide.
     records = [("t", f"sym{i}") for i in range(300)]

@@ -169,10 +169,13 @@ def split_names(names: bytes | memoryview, num_syms: int, *, big: bool, source: 
     else:
         def step(p: int, _: int) -> int:
             return p + 1 + buf[p]
+    walk: npt.NDArray[np.int64] | None
     try:
         walk = np.fromiter(accumulate(repeat(0, num_syms), step, initial=0), dtype=np.int64,
                            count=num_syms + 1)
     except IndexError:
+        walk = None
+    if walk is None:  # outside the handler: the error raised here does not chain the IndexError
         walk = _walk_slowly(buf, num_syms, big, source, names_addr)
     records = walk[:-1]
     end = int(walk[-1])
@@ -257,7 +260,7 @@ def split_names_detect(names: bytes | memoryview, num_syms: int, *, source: str,
     try:
         big = split_names(names, num_syms, big=True, source=source, names_addr=names_addr)
     except CorruptError as exc:
-        errors.append(exc)
+        errors.append(exc.with_traceback(None))
         big = None
     if big is not None and not big.saw_high_bit:
         return big
@@ -265,7 +268,7 @@ def split_names_detect(names: bytes | memoryview, num_syms: int, *, source: str,
         small: NameLayout | None = split_names(names, num_syms, big=False, source=source,
                                                names_addr=names_addr)
     except CorruptError as exc:
-        errors.append(exc)
+        errors.append(exc.with_traceback(None))
         small = None
     candidates = [c for c in (big, small) if c is not None]
     if not candidates:
@@ -286,20 +289,26 @@ def split_names_detect(names: bytes | memoryview, num_syms: int, *, source: str,
 _SEP = 0x0A
 
 
+#: Symbols expanded per numpy gather in :func:`expand_names`: bounds the (token bytes x longest
+#: token) matrix to a few MiB instead of ~50 MiB for a 200k-symbol kernel.
+EXPAND_BLOCK = 1 << 13
+
+
 def expand_names(names: bytes | memoryview, layout: NameLayout, tokens: TokenTable, *,
                  source: str) -> tuple[list[str], bytes]:
     """Expand every symbol's token bytes: returns (names without type, type letters).
 
-    Vectorised with numpy: the names bytes up to ``layout.end`` become one token stream in which
-    each length prefix is replaced by a separator token; a (257 x longest token) matrix expands
-    the stream in one gather; the type letters (first byte of each symbol's first token) are
-    taken out, the padding dropped and the text split once.
+    Vectorised with numpy: the names bytes up to ``layout.end`` become one token stream (u16) in
+    which each length prefix is replaced by a separator token; a (257 x longest token) matrix
+    expands the stream :data:`EXPAND_BLOCK` symbols at a time (one gather per block, so the
+    expanded rows never exist for the whole table at once); the type letters (first byte of each
+    symbol's first token) are taken out, the padding dropped and the text split once.
     """
     n = len(layout.starts)
     if n == 0:
         return [], b""
     buf = np.frombuffer(bytes(names), dtype=np.uint8, count=layout.end)
-    stream = buf.astype(np.intp)
+    stream = buf.astype(np.uint16)
     stream[layout.records] = TOKENS                       # separator token
     sep_rows = layout.records
     second = layout.starts - layout.records == 2          # two-byte length prefixes
@@ -307,6 +316,7 @@ def expand_names(names: bytes | memoryview, layout: NameLayout, tokens: TokenTab
         keep_in = np.ones(layout.end, dtype=bool)
         keep_in[layout.records[second] + 1] = False
         stream = stream[keep_in]
+        del keep_in
         sep_rows = np.flatnonzero(stream == TOKENS)
     width = max(len(t) for t in tokens.tokens)
     matrix = np.zeros((TOKENS + 1, width), dtype=np.uint8)
@@ -315,18 +325,29 @@ def expand_names(names: bytes | memoryview, layout: NameLayout, tokens: TokenTab
     matrix[TOKENS, 0] = _SEP
     if np.any(matrix[:TOKENS] == _SEP):
         raise CorruptError("kallsyms_token_table: a token contains a newline", path=source)
-    rows = np.take(matrix, stream, axis=0)                # one row per token byte
-    first_rows = sep_rows + 1                             # each symbol's first token
-    types = rows[first_rows, 0].tobytes()
-    rows[first_rows, 0] = 0                               # drop the type letter ...
-    rows[0, 0] = 0                                        # ... and the leading separator
-    flat = rows.ravel()
-    text = np.compress(flat != 0, flat).tobytes().decode("latin-1")
+    texts: list[bytes] = []
+    types = bytearray()
+    for lo in range(0, n, EXPAND_BLOCK):
+        hi = min(lo + EXPAND_BLOCK, n)
+        a = int(sep_rows[lo])
+        b = int(sep_rows[hi]) if hi < n else len(stream)
+        rows = np.take(matrix, stream[a:b], axis=0)        # one row per token byte
+        first_rows = sep_rows[lo:hi] - (a - 1)             # each symbol's first token
+        types += rows[first_rows, 0].tobytes()
+        rows[first_rows, 0] = 0                            # drop the type letter ...
+        if lo == 0:
+            rows[0, 0] = 0                                 # ... and the leading separator
+        flat = rows.ravel()
+        texts.append(np.compress(flat != 0, flat).tobytes())
+        del rows, flat
+    del stream
+    text = b"".join(texts).decode("latin-1")
+    del texts
     out = text.split("\n")
     if len(out) != n:
         raise CorruptError(f"kallsyms_names: expanded {len(out)} names for {n} symbols",
                            path=source)
-    return out, types
+    return out, bytes(types)
 
 
 def read_markers(data: bytes, count: int, width: int) -> npt.NDArray[np.int64]:
