@@ -3,7 +3,12 @@
 
 Both run on the same vmcore in the same invocation, repeated; the report gives medians and
 ratios, and the floor any scanner has: reading the whole memmap once (a numpy sum over the
-dump's views of every struct page, with one thread and with N; the faster counts).
+dump's views of every struct page, with one thread and with N; the faster counts). The floor is
+taken with the memmap already mapped in (``memmap_read_floor_s``: memory bandwidth, the issue's
+limit) and from an unmapped file (``memmap_first_read_s``: the page faults that any process
+reading a dump it has just opened pays first); ``memmap_pread_copy_1thread_s`` copies the memmap
+out of the file with ``preadv`` instead, as makedumpfile reads it. Every timed scan starts with
+the dump unmapped, like a fresh process.
 
 * kdlayout "classify": ``scan(dump, layout, dump_level=30, threads=N)`` (and with one thread, for
   reference) -- every ``struct page`` rule, no
@@ -40,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from kdlayout.dumpfile import open_dump
 from kdlayout.memmodel import build_memmap
+from kdlayout.physmem import release_view
 from kdlayout.resolver import ResolveOptions, resolve
 from kdlayout.scanner import scan
 
@@ -103,28 +109,59 @@ def main() -> int:
         t_memmap = time.perf_counter() - t
         psize = mm.page_struct_size
         classify, classify1, zero, floor, md_steps, md_wall = [], [], [], [], [], []
+        cold: list[float] = []
+        copied: list[float] = []
         views = [dump.view(c.paddr, c.nr_pages * psize).view("<u8") for c in mm.chunks]
         pieces = [v[i:i + (1 << 20)] for v in views for i in range(0, len(v), 1 << 20)]
 
         def touch(part: list[np.ndarray]) -> int:
             return sum(int(p.sum(dtype=np.uint64)) for p in part)
 
-        for _ in range(args.repeat):
-            # the floor: touch every struct page once, with one thread and with --threads
-            # (numpy's sum releases the GIL); the faster is the limit
+        def unmap() -> None:
+            # every timed run starts with no page of the dump mapped in this process, as a
+            # fresh process would (the data stays in the page cache)
+            for v in views[:1]:
+                release_view(v, whole_mapping=True)
+
+        def touch_all() -> float:
             t = time.perf_counter()
             touch(pieces)
             f1 = time.perf_counter() - t
             t = time.perf_counter()
             with ThreadPoolExecutor(max(1, args.threads)) as ex:
                 list(ex.map(touch, [pieces[i::args.threads] for i in range(args.threads)]))
-            floor.append(min(f1, time.perf_counter() - t))
+            return min(f1, time.perf_counter() - t)
+
+        def copy_all() -> float:
+            # what a reader that copies the memmap out of the file (pread) pays, one thread
+            buf = np.empty(1 << 22, dtype=np.uint8)
+            t = time.perf_counter()
+            for c in mm.chunks:
+                done, size = 0, c.nr_pages * psize
+                while done < size:
+                    n = min(size - done, len(buf))
+                    dump.read_into(c.paddr + done, buf[:n])
+                    done += n
+            return time.perf_counter() - t
+
+        for _ in range(args.repeat):
+            # the floor: touch every struct page once, with one thread and with --threads
+            # (numpy's sum releases the GIL); the faster is the limit. Measured twice: with the
+            # pages already mapped in (memory bandwidth) and from an unmapped file (page faults
+            # included, what any process reading the dump through mmap pays first)
+            unmap()
+            cold.append(touch_all())
+            floor.append(touch_all())
+            copied.append(copy_all())
+            unmap()
             t = time.perf_counter()
             scan(dump, layout, dump_level=30, memmap=mm, threads=1)
             classify1.append(time.perf_counter() - t)
+            unmap()
             t = time.perf_counter()
             scan(dump, layout, dump_level=30, memmap=mm, threads=args.threads)
             c30 = time.perf_counter() - t
+            unmap()
             t = time.perf_counter()
             scan(dump, layout, dump_level=31, memmap=mm, threads=args.threads)
             c31 = time.perf_counter() - t
@@ -148,11 +185,14 @@ def main() -> int:
         "kdlayout_classify_1thread_s": round(med(classify1), 4),
         "kdlayout_zero_s": round(med(zero), 4),
         "memmap_read_floor_s": round(med(floor), 4),
+        "memmap_first_read_s": round(med(cold), 4),
+        "memmap_pread_copy_1thread_s": round(med(copied), 4),
         "makedumpfile_exclude_step_s": round(med(md_steps), 4),
         "makedumpfile_wall_s": round(med(md_wall), 3),
         "ratio_classify_vs_makedumpfile": round(med(classify) / med(md_steps), 2),
         "ratio_classify_vs_floor": round(med(classify) / med(floor), 2),
         "ratio_makedumpfile_vs_floor": round(med(md_steps) / med(floor), 2),
+        "ratio_classify_vs_first_read": round(med(classify) / med(cold), 2),
     }
     if args.json:
         print(json.dumps(res, indent=1))
