@@ -120,13 +120,17 @@ def main() -> int:
         def unmap() -> None:
             # every timed run starts with no page of the dump mapped in this process, as a
             # fresh process would (the data stays in the page cache)
-            for v in views[:1]:
+            for v in views:
                 release_view(v, whole_mapping=True)
 
-        def touch_all() -> float:
+        def touch_all(cold: bool) -> float:
+            if cold:
+                unmap()
             t = time.perf_counter()
             touch(pieces)
             f1 = time.perf_counter() - t
+            if cold:
+                unmap()
             t = time.perf_counter()
             with ThreadPoolExecutor(max(1, args.threads)) as ex:
                 list(ex.map(touch, [pieces[i::args.threads] for i in range(args.threads)]))
@@ -149,9 +153,8 @@ def main() -> int:
             # (numpy's sum releases the GIL); the faster is the limit. Measured twice: with the
             # pages already mapped in (memory bandwidth) and from an unmapped file (page faults
             # included, what any process reading the dump through mmap pays first)
-            unmap()
-            cold.append(touch_all())
-            floor.append(touch_all())
+            cold.append(touch_all(True))
+            floor.append(touch_all(False))
             copied.append(copy_all())
             unmap()
             t = time.perf_counter()

@@ -971,11 +971,11 @@ class Scanner:
     def release_mapping(self) -> None:
         """Drop every page-table entry of the dump's file mapping that holds the memmap
         (whatever neighbours of the windows' rows the kernel mapped too)."""
-        for c in self.mm.chunks[:1]:
+        for c in self.mm.chunks:     # (a mapping already dropped costs a page-table walk)
             try:
                 v = self.dump.view(c.paddr, min(c.nr_pages, 1) * self.psize)
             except KdlayoutError:
-                return
+                continue
             release_view(v, whole_mapping=True)
 
     # --- valid pages and content
