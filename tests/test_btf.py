@@ -1190,6 +1190,49 @@ def test_shared_suffix_and_duplicate_strings(tmp_path: Path) -> None:
     assert btf.enumerators("e") == {"PG_locked": 7, "MY_PG_locked": 8}
 
 
+def _string_offsets_by_split(btf: Btf) -> Callable[[str], list[int]]:
+    """Reference for ``Btf.string_offsets``: every string split out of the section, plus the
+    mid-string offsets that type and enumerator names use (a slow, obvious rebuild)."""
+    strings = btf._strings
+    starts: dict[bytes, list[int]] = {}
+    pos = 0
+    for part in strings.split(b"\0")[:-1]:
+        starts.setdefault(part, []).append(pos)
+        pos += len(part) + 1
+    used = set(btf._name_sorted()[0].tolist()) | set(btf._enum_entries()[0].tolist())
+    mids: dict[bytes, list[int]] = {}
+    for off in sorted(used):
+        if off and strings[off - 1] != 0:
+            mids.setdefault(strings[off:strings.index(b"\0", off)], []).append(off)
+    return lambda name: starts.get(name.encode(), []) + mids.get(name.encode(), [])
+
+
+def test_string_offsets_match_a_split_of_the_section() -> None:
+    """Names are found with bytes.find on the section (no per-string index); the offsets must be
+    those of every equal string, duplicates and shared suffixes included, in the same order."""
+    b = BtfBuilder()
+    long_off = b.s("struct_page")
+    i = b.int_("int", 4, encoding=1)
+    b.raw(long_off + len("struct_"), (4 << 24), 0)
+    b.strings += b"dup\0page\0dup\0"
+    b.raw(len(b.strings) - 4, (8 << 24), i)
+    e_off = b.s("MY_PG_locked")
+    b.raw(b.s("e"), (6 << 24) | 2, 4, [e_off + 3, 7, e_off, 8])
+    btfs = [Btf.parse(b.build(), source="synthetic")]
+    if SYS_VMLINUX.exists():
+        btfs.append(Btf.parse(SYS_VMLINUX.read_bytes(), source=str(SYS_VMLINUX)))
+    for btf in btfs:
+        ref = _string_offsets_by_split(btf)
+        names = ["page", "dup", "PG_locked", "MY_PG_locked", "struct_page", "ge", "int", "e",
+                 "zone", "pageflags", "long unsigned int", "list_head", "a\0b", "\udcff", ""]
+        strings = btf._strings
+        names += [strings[k:strings.index(b"\0", k)].decode() for k in
+                  range(1, len(strings), max(1, len(strings) // 500)) if strings[k - 1] == 0]
+        for name in names:
+            want = ref(name) if name and "\0" not in name and "\udcff" not in name else []
+            assert btf.string_offsets(name).tolist() == want, name
+
+
 SYS_DATA = SYS_VMLINUX.read_bytes() if SYS_VMLINUX.exists() else b""
 
 

@@ -405,8 +405,7 @@ class Btf:
     _np_meta: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
                     npt.NDArray[np.int64]] | None
     _hits_cache: LRUCache[str, npt.NDArray[np.int64]]
-    _strtab: dict[bytes, list[int]] | None
-    _strfirst: dict[bytes, int]
+    _suffixes: dict[bytes, list[int]] | None
     _find_cache: LRUCache[str, list[int]]
     _var_index: dict[int, tuple[str, BtfVarSecinfo]] | None
     _ptr_size: int | None
@@ -463,7 +462,7 @@ class Btf:
         self._enum_index = None
         self._np_meta = None
         self._hits_cache = LRUCache(maxsize=4096)
-        self._strtab = None
+        self._suffixes = None
         self._find_cache = LRUCache(maxsize=4096)
         self._var_index = None
         self._ptr_size = None
@@ -825,38 +824,41 @@ class Btf:
             self._name_index = (name_offs[order], order.astype(np.int64) + self.start_id)
         return self._name_index
 
-    def _string_table(self) -> dict[bytes, list[int]]:
-        """Built once: ``self._strfirst`` maps each string of this blob's string section to its
-        first offset (split-aware); the returned dict lists all offsets of strings that occur more
-        than once, and of names that types and enumerators reach through an offset into the middle
-        of a string (legal, if unusual: a shared suffix). One split(), one dict(), numpy."""
-        if self._strtab is None:
+    def _suffix_names(self) -> dict[bytes, list[int]]:
+        """Built once: the names that types and enumerators reach through an offset into the
+        middle of a string (legal, if unusual: a shared suffix), each with those offsets
+        (split-aware, ascending). Vectorised over the used name offsets only; the string section
+        itself is never split into per-string objects (kernel BTF has no such offsets at all)."""
+        if self._suffixes is None:
             base_len = self._base_str_len
-            parts = self._strings.split(b"\0")[:-1]  # the section ends with NUL (checked)
-            lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-            starts = np.zeros(len(parts), dtype=np.int64)
-            if len(parts) > 1:
-                starts[1:] = np.cumsum(lens[:-1] + 1)
-            starts += base_len
-            offs = starts.tolist()
-            first: dict[bytes, int] = dict(zip(reversed(parts), reversed(offs), strict=True))
-            table: dict[bytes, list[int]] = {}
-            if len(first) != len(parts):  # duplicate strings (a BTF producer need not dedup)
-                for part, off in zip(parts, offs, strict=True):
-                    if first[part] != off:
-                        table.setdefault(part, [first[part]]).append(off)
-            self._strfirst = first
+            strings = self._strings
             used = np.concatenate([self._name_sorted()[0], self._enum_entries()[0]])
-            used = used[(used >= base_len) & (used < self._total_str_len)]
-            at = np.minimum(np.searchsorted(starts, used), max(len(starts) - 1, 0))
-            mid = used if not len(starts) else used[starts[at] != used]
-            mid = np.unique(mid)
-            for off in mid.tolist():
-                rel = off - base_len
-                key = self._strings[rel:self._strings.index(b"\0", rel)]
-                table.setdefault(key, [first[key]] if key in first else []).append(off)
-            self._strtab = table
-        return self._strtab
+            used = used[(used >= base_len) & (used < self._total_str_len)] - base_len
+            table: dict[bytes, list[int]] = {}
+            if used.size:
+                section = np.frombuffer(strings, dtype=np.uint8)
+                inside = used > 0
+                inside[inside] = section[used[inside] - 1] != 0  # not right after a NUL
+                for rel in np.unique(used[inside]).tolist():
+                    key = strings[rel:strings.index(b"\0", rel)]
+                    table.setdefault(key, []).append(rel + base_len)
+            self._suffixes = table
+        return self._suffixes
+
+    def _whole_strings(self, key: bytes) -> list[int]:
+        """Offsets (split-aware, ascending) of every string of this blob's section equal to
+        ``key`` (non-empty, no NUL): ``bytes.find`` of NUL-key-NUL, no index of all strings."""
+        strings = self._strings
+        base_len = self._base_str_len
+        found: list[int] = []
+        if strings.startswith(key + b"\0"):  # a split blob's section need not start with NUL
+            found.append(base_len)
+        needle = b"\0" + key + b"\0"
+        at = strings.find(needle)
+        while at >= 0:
+            found.append(base_len + at + 1)
+            at = strings.find(needle, at + 1)
+        return found
 
     def string_offsets(self, name: str) -> npt.NDArray[np.int64]:
         """String offsets (split-aware, base included) at which type or enumerator names equal to
@@ -873,13 +875,8 @@ class Btf:
                 key = name.encode("utf-8")
             except UnicodeEncodeError:
                 key = b""
-            if key:
-                extra = self._string_table().get(key)
-                if extra is not None:
-                    own = extra
-                else:
-                    one = self._strfirst.get(key)
-                    own = [one] if one is not None else []
+            if key and b"\0" not in key:
+                own = self._whole_strings(key) + self._suffix_names().get(key, [])
         hit = np.concatenate([base_hits, np.array(own, dtype=np.int64)])
         self._hits_cache[name] = hit
         return hit
