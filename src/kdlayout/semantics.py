@@ -91,8 +91,8 @@ C_MEMDESC_FLAGS = ('Linux kernel commit 53fbef56e07d ("mm: introduce memdesc_fla
                    "(in v6.18)")
 C_SWAPCACHE_ALIAS = ('Linux kernel commit 6326fec1122c ("mm: Use owner_priv bit for '
                      'PageSwapCache, valid when PageSwapBacked") (in v4.10)')
-C_MOVABLE_OPS = ('Linux kernel commit "mm: convert "movable" flag in page->mapping to a page '
-                 'flag" (in v6.17; hash not verified here)')
+C_MOVABLE_OPS = ('Linux kernel commit 3d388584d599 ("mm: convert "movable" flag in page->mapping '
+                 'to a page flag") (in v6.17)')
 C_SECTION_ENUM = ('Linux kernel commit ed7802dd48f7 ("mm: memory_hotplug: enumerate all supported '
                   'section flags") (in v6.0)')
 C_SPARSE_BASE = ('Linux kernel commit 29751f6991e8 ("[PATCH] sparsemem hotplug base") '
