@@ -623,6 +623,42 @@ def test_compressors_round_trip(codec: str) -> None:
         outs.append((comp.backend, bytes(c.data)))
     if codec == "lzo" and "ctypes" in outs[0][0] and outs[1][0] == "python-lzo":
         assert outs[0][1] == outs[1][1]
+    if codec == "zlib" and "ctypes" in outs[0][0]:
+        assert outs[0][1] == outs[1][1]          # libz's compress2 = the stdlib's stream
+
+
+@pytest.mark.parametrize("codec", ["lzo", "snappy", "zstd", "zlib"])
+def test_compressor_reuses_the_buffer_given(codec: str) -> None:
+    """A native backend writes into the ``out`` buffer it is given (the writer's pool) and
+    gives the same bytes as into a fresh one; a buffer too small is not used."""
+    from kdlayout.compress import compressor_factory
+    comp = compressor_factory(CODEC_FLAGS[codec])()
+    if "ctypes" not in comp.backend:
+        pytest.skip(f"{codec}: no C library here")
+    pages = _real_pages(64)
+    todo = np.arange(0, len(pages), 2)
+    fresh = comp.compress([pages], todo)
+    out = np.full(len(pages) * PS + (1 << 16), 0xAA, dtype=np.uint8)
+    again = comp.compress([pages], todo, out)
+    assert again.buf is out and bytes(again.data) == bytes(fresh.data)
+    assert (again.sizes == fresh.sizes).all() and (again.flags == fresh.flags).all()
+    small = np.empty(PS, dtype=np.uint8)
+    assert comp.compress([pages], todo, small).buf is not small
+
+
+def test_output_buffers_stay_few(tmp_path: Path) -> None:
+    """The writer's output buffers are recycled: chunks of very different sizes (all-zero,
+    partly zero, full) never make the pool grow beyond the chunks in flight."""
+    from kdlayout.compress import compressor_factory
+    from kdlayout.writer import _chunks, _ChunkWork
+    src = _synth(tmp_path)
+    with open_dump(src) as d:
+        work = _ChunkWork(d, compressor_factory(codecs.DUMP_DH_COMPRESSED_ZLIB), 8)
+        for _ in range(20):
+            for chunk in _chunks([(3, 5), (0, 7), (16, 19), (3, 4)], 8):
+                c = work(chunk)
+                work.give_back(c)
+                assert len(work.free) <= 1
 
 
 def test_threads_give_the_same_file(tmp_path: Path) -> None:

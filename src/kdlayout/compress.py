@@ -6,14 +6,15 @@ is stored raw (flags 0, size = page size).
 
 Backends, best first:
 
-* the C libraries makedumpfile itself links (``liblzo2``, ``libsnappy``, ``libzstd``) called
-  through :mod:`ctypes`: the page is compressed straight from the input mapping into the chunk's
-  output buffer (no ``bytes`` copies), and ctypes drops the GIL during each call;
-* the Python packages (python-lzo, python-snappy, zstandard) where a library is missing;
-* :mod:`zlib` from the standard library (releases the GIL while deflating).
+* the C libraries makedumpfile itself links (``libz``, ``liblzo2``, ``libsnappy``, ``libzstd``)
+  called through :mod:`ctypes`: the page is compressed straight from the caller's buffer into
+  the chunk's output buffer (no ``bytes`` copies; the caller may pass one to reuse), and ctypes
+  drops the GIL for the whole of each call;
+* the Python packages (python-lzo, python-snappy, zstandard) where a library is missing, and
+  :mod:`zlib` from the standard library (which holds the GIL while it sets up each stream).
 
-A :class:`PageCompressor` holds per-thread state (LZO work memory, a zstd context): make one per
-thread with :func:`compressor_factory`.
+A :class:`PageCompressor` holds per-thread state (LZO work memory, a zstd context, the size
+out-parameter): make one per thread with :func:`compressor_factory`.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ _ZLIB_LEVEL: Final = 1
 class CompressedChunk(NamedTuple):
     """Per page of a chunk: stored size and descriptor flags (0 for the zero pages, which the
     caller points at the shared zero page); ``data``: the stored bytes of the other pages, in
-    order."""
+    order; ``buf``: the array ``data`` is a view of (the caller's ``out`` or a new one, which
+    the caller may reuse once ``data`` is written), None when ``data`` is ``bytes``."""
 
     sizes: np.ndarray
     flags: np.ndarray
     data: bytes | memoryview
+    buf: np.ndarray | None = None
 
 
 class PageCompressor(Protocol):
@@ -55,8 +58,11 @@ class PageCompressor(Protocol):
     flag: int
     backend: str
 
-    def compress(self, parts: list[np.ndarray], todo: np.ndarray) -> CompressedChunk:
-        """Sizes/flags for every page (0 outside ``todo``) and the concatenated stored bytes."""
+    def compress(self, parts: list[np.ndarray], todo: np.ndarray,
+                 out: np.ndarray | None = None) -> CompressedChunk:
+        """Sizes/flags for every page (0 outside ``todo``) and the concatenated stored bytes;
+        ``out``, if big enough, is the buffer the bytes are written into (the result's ``data``
+        is then a view of it; backends that build ``bytes`` ignore it)."""
 
 
 class _Pages:
@@ -84,7 +90,8 @@ class _PerPage:
         self.backend = backend
         self.fn = fn
 
-    def compress(self, parts: list[np.ndarray], todo: np.ndarray) -> CompressedChunk:
+    def compress(self, parts: list[np.ndarray], todo: np.ndarray,
+                 out: np.ndarray | None = None) -> CompressedChunk:
         n, ps = sum(len(p) for p in parts), parts[0].shape[1]
         sizes = np.zeros(n, dtype=np.uint32)
         flags = np.zeros(n, dtype=np.uint32)
@@ -112,8 +119,9 @@ class _PerPage:
 
 
 class _Native:
-    """Calls ``self._one(src, dst, cap) -> size`` (C, GIL released) for every page, writing at
-    a cursor in one output array; a page whose output is not smaller is copied raw over it."""
+    """Runs the codec's C call (GIL released) for every page, writing at a cursor in one output
+    array; a page whose output is not smaller is copied raw over it. Subclasses implement
+    :meth:`_pages`, the per-page loop, with nothing in it but the C call and list work."""
 
     flag: int
     backend: str
@@ -121,40 +129,36 @@ class _Native:
     def _bound(self, ps: int) -> int:
         raise NotImplementedError
 
-    def _one(self, src: int, dst: int, cap: int) -> int:
+    def _pages(self, srcs: list[int], dst0: int, bound: int, ps: int) -> list[int]:
+        """Compress the pages at addresses ``srcs`` one after the other from ``dst0`` on (each
+        given ``bound`` bytes of room); the stored size of each, pages that do not shrink
+        copied raw (size ``ps``)."""
         raise NotImplementedError
 
-    def compress(self, parts: list[np.ndarray], todo: np.ndarray) -> CompressedChunk:
+    def compress(self, parts: list[np.ndarray], todo: np.ndarray,
+                 out: np.ndarray | None = None) -> CompressedChunk:
         n, ps = sum(len(p) for p in parts), parts[0].shape[1]
         sizes = np.zeros(n, dtype=np.uint32)
         flags = np.zeros(n, dtype=np.uint32)
         if not todo.size:
             return CompressedChunk(sizes, flags, b"")
         parts = [p if p.flags.c_contiguous else np.ascontiguousarray(p) for p in parts]
-        # address of every page: runs are contiguous inside, not between each other
-        firsts = np.cumsum([0] + [len(p) for p in parts[:-1]])
-        which = np.searchsorted(firsts, todo, side="right") - 1
-        bases = np.array([p.ctypes.data for p in parts], dtype=np.int64)
-        srcs = (bases[which] + (todo - firsts[which]) * ps).tolist()
+        if len(parts) == 1:
+            srcs = (todo * ps + parts[0].ctypes.data).tolist()
+        else:         # address of every page: runs are contiguous inside, not between each other
+            firsts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+            which = np.searchsorted(firsts, todo, side="right") - 1
+            bases = np.array([p.ctypes.data for p in parts], dtype=np.int64)
+            srcs = (bases[which] + (todo - firsts[which]) * ps).tolist()
         bound = self._bound(ps)
         # the cursor advances by at most ps a page; the last page may need the codec's bound
-        out = np.empty((todo.size - 1) * ps + bound, dtype=np.uint8)
-        dst0 = out.ctypes.data
-        one, move = self._one, ctypes.memmove
-        # per page only the C call and list work: sizes and flags are set in numpy afterwards
-        got: list[int] = []
-        cur = 0
-        for src in srcs:
-            size = one(src, dst0 + cur, bound)
-            if size >= ps:              # not smaller: the page as it is
-                move(dst0 + cur, src, ps)
-                size = ps
-            got.append(size)
-            cur += size
-        done = np.array(got, dtype=np.uint32)
+        need = (todo.size - 1) * ps + bound
+        if out is None or out.size < need or not out.flags.c_contiguous:
+            out = np.empty(need, dtype=np.uint8)
+        done = np.array(self._pages(srcs, out.ctypes.data, bound, ps), dtype=np.uint32)
         sizes[todo] = done
         flags[todo] = np.where(done < ps, np.uint32(self.flag), np.uint32(0))
-        return CompressedChunk(sizes, flags, out[:cur].data)
+        return CompressedChunk(sizes, flags, out[:int(done.sum(dtype=np.int64))].data, out)
 
 
 def _cdll(name: str) -> ctypes.CDLL | None:
@@ -206,16 +210,25 @@ class _LzoNative(_Native):
         self._wrk_ptr = self._wrk.ctypes.data
         self._len = ctypes.c_size_t()
         self._len_ref = ctypes.byref(self._len)
-        self._ps = 4096
 
     def _bound(self, ps: int) -> int:
-        self._ps = ps
         return ps + ps // 16 + 64 + 3           # lzo1x_worst_compress()
 
-    def _one(self, src: int, dst: int, cap: int) -> int:
-        if self._fn(src, self._ps, dst, self._len_ref, self._wrk_ptr):
-            raise UnsupportedError("lzo1x_1_compress failed")
-        return int(self._len.value)
+    def _pages(self, srcs: list[int], dst0: int, bound: int, ps: int) -> list[int]:
+        fn, length, ref, wrk, move = self._fn, self._len, self._len_ref, self._wrk_ptr, \
+            ctypes.memmove
+        got: list[int] = []
+        cur = dst0
+        for src in srcs:
+            if fn(src, ps, cur, ref, wrk):
+                raise UnsupportedError("lzo1x_1_compress failed")
+            size = length.value
+            if size >= ps:              # not smaller: the page as it is
+                move(cur, src, ps)
+                size = ps
+            got.append(size)
+            cur += size
+        return got
 
 
 @functools.cache
@@ -246,17 +259,25 @@ class _SnappyNative(_Native):
         self._max = lib.snappy_max_compressed_length
         self._len = ctypes.c_size_t()
         self._len_ref = ctypes.byref(self._len)
-        self._ps = 4096
 
     def _bound(self, ps: int) -> int:
-        self._ps = ps
         return int(self._max(ps))
 
-    def _one(self, src: int, dst: int, cap: int) -> int:
-        self._len.value = cap
-        if self._fn(src, self._ps, dst, self._len_ref):
-            raise UnsupportedError("snappy_compress failed")
-        return int(self._len.value)
+    def _pages(self, srcs: list[int], dst0: int, bound: int, ps: int) -> list[int]:
+        fn, length, ref, move = self._fn, self._len, self._len_ref, ctypes.memmove
+        got: list[int] = []
+        cur = dst0
+        for src in srcs:
+            length.value = bound
+            if fn(src, ps, cur, ref):
+                raise UnsupportedError("snappy_compress failed")
+            size = length.value
+            if size >= ps:
+                move(cur, src, ps)
+                size = ps
+            got.append(size)
+            cur += size
+        return got
 
 
 @functools.cache
@@ -308,17 +329,76 @@ class _ZstdNative(_Native):
         weakref.finalize(self, lib.ZSTD_freeCCtx, ctx)
         if self._iserr(lib.ZSTD_CCtx_setParameter(ctx, _ZSTD_C_COMPRESSIONLEVEL, _ZSTD_LEVEL)):
             raise UnsupportedError("ZSTD_CCtx_setParameter failed")
-        self._ps = 4096
 
     def _bound(self, ps: int) -> int:
-        self._ps = ps
         return int(self._lib.ZSTD_compressBound(ps))
 
-    def _one(self, src: int, dst: int, cap: int) -> int:
-        r = int(self._fn(self._ctx, dst, cap, src, self._ps))
-        if self._iserr(r):
-            raise UnsupportedError("ZSTD_compress2 failed")
-        return r
+    def _pages(self, srcs: list[int], dst0: int, bound: int, ps: int) -> list[int]:
+        fn, ctx, move = self._fn, self._ctx, ctypes.memmove
+        got: list[int] = []
+        cur = dst0
+        for src in srcs:
+            size = fn(ctx, cur, bound, src, ps)
+            if size >= ps:              # not smaller, or an error code (huge): check, store raw
+                if self._iserr(size):
+                    raise UnsupportedError("ZSTD_compress2 failed")
+                move(cur, src, ps)
+                size = ps
+            got.append(size)
+            cur += size
+        return got
+
+
+@functools.cache
+def _libz() -> ctypes.CDLL | None:
+    lib = _cdll("z")
+    if lib is None:
+        return None
+    try:
+        fn, bound = lib.compress2, lib.compressBound
+    except AttributeError:
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong), ctypes.c_void_p,
+                   ctypes.c_ulong, ctypes.c_int]
+    bound.restype = ctypes.c_ulong
+    bound.argtypes = [ctypes.c_ulong]
+    return lib
+
+
+class _ZlibNative(_Native):
+    """``compress2(..., Z_BEST_SPEED)`` from libz: makedumpfile's call, so the same bytes as its
+    pages (and as :func:`zlib.compress` at level 1, which builds the same stream). Unlike the
+    standard module, which sets up the stream and its output buffer holding the GIL, the whole
+    call runs without it."""
+
+    flag = codecs.DUMP_DH_COMPRESSED_ZLIB
+    backend = "libz (ctypes)"
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._fn = lib.compress2
+        self._max = lib.compressBound
+        self._len = ctypes.c_ulong()
+        self._len_ref = ctypes.byref(self._len)
+
+    def _bound(self, ps: int) -> int:
+        return int(self._max(ps))
+
+    def _pages(self, srcs: list[int], dst0: int, bound: int, ps: int) -> list[int]:
+        fn, length, ref, move = self._fn, self._len, self._len_ref, ctypes.memmove
+        got: list[int] = []
+        cur = dst0
+        for src in srcs:
+            length.value = bound
+            if fn(cur, ref, src, ps, _ZLIB_LEVEL):
+                raise UnsupportedError("compress2 failed")
+            size = length.value
+            if size >= ps:
+                move(cur, src, ps)
+                size = ps
+            got.append(size)
+            cur += size
+        return got
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,6 +414,9 @@ def compressor_factory(flag: int, *, native: bool = True) -> Callable[[], PageCo
     if flag == 0:
         return lambda: _PerPage(0, "none", None)
     if flag == codecs.DUMP_DH_COMPRESSED_ZLIB:
+        z_lib = _libz() if native else None
+        if z_lib is not None:
+            return lambda: _ZlibNative(z_lib)
         return lambda: _PerPage(flag, "zlib (stdlib)",
                                 lambda b: zlib.compress(b, _ZLIB_LEVEL))
     codec = codecs.CODECS.get(flag)

@@ -5,14 +5,16 @@ are in memory, which to dump), from the scanner (:func:`scan_bitmaps`) or, at du
 straight from the dump's ranges (:func:`level0_bitmaps`). Output: the image, through a
 :class:`~kdlayout.diskdump_write.Sink` (a file or makedumpfile's flattened stream).
 
-Pipeline: the main thread walks the runs of dumped pfns in chunks of ``chunk_pages`` pages, reads
-them into buffers of its own (:meth:`~kdlayout.physmem.PhysicalMemory.read_into`: ``preadv``, no
-mapping of the input, so no page faults and no RSS tied to the dump), finds zero pages (numpy)
-and compresses the others page by page
-(:mod:`kdlayout.compress`: the C libraries through ctypes, GIL released), inline or on a thread
-pool (per-codec default, :data:`DEFAULT_THREADS`), and writes the finished chunks in pfn order:
-page data appended, descriptors batched and written into the descriptor table. At most ``2 * threads`` chunks are in flight, so memory is bounded by the chunk
-size, not by the RAM size (the bitmaps take 2 bits per pfn).
+Pipeline: the main thread walks the runs of dumped pfns in chunks of ``chunk_pages`` pages and
+hands each chunk to a compression thread (or, with one thread, works on it inline); the thread
+(:class:`_ChunkWork`) reads the chunk's pages into a buffer of its own
+(:meth:`~kdlayout.physmem.PhysicalMemory.read_into`: ``preadv``, no mapping of the input, so no
+page faults and no RSS tied to the dump), finds the zero pages (numpy) and compresses the others
+page by page (:mod:`kdlayout.compress`: the C libraries through ctypes, GIL released) into an
+output buffer from a pool. The main thread only writes the finished chunks in pfn order: page
+data appended straight from that buffer (then handed back), descriptors built per chunk with
+numpy and batched into the descriptor table. At most ``2 * threads`` chunks are in flight, so
+memory is bounded by the chunk size, not by the RAM size (the bitmaps take 2 bits per pfn).
 
 Safety (:func:`write_dump_file`): the image goes to a temporary file (mode 0600) in the target
 directory, renamed over the target only when complete. If the device fills up, the header gets
@@ -59,6 +61,8 @@ from .vmcoreinfo import VmcoreInfo
 
 #: Pages per unit of work handed to a compression thread.
 DEFAULT_CHUNK_PAGES: Final = 256
+#: Room beyond ``chunk_pages`` pages in an output buffer: a codec's bound for its last page.
+_OUT_SLACK: Final = 1 << 16
 #: Descriptors collected before one write into the descriptor table.
 _DESC_BATCH: Final = 1 << 14
 #: NT_PRSTATUS.
@@ -230,52 +234,99 @@ def _utsname(dump: PhysicalMemory, vmci: VmcoreInfo | None) -> Utsname:
 
 
 class _Chunk(NamedTuple):
-    """One compressed chunk: per page zero?, stored size, flags; data of the non-zero pages."""
+    """One compressed chunk: per page zero?, stored size, flags; data of the non-zero pages;
+    ``buf``: the output buffer ``data`` views, to hand back once written (None if it is not
+    one of ours)."""
 
     zero: np.ndarray
     sizes: np.ndarray
     flags: np.ndarray
     data: bytes | memoryview
+    buf: np.ndarray | None
 
 
-class _Compressors(threading.local):
-    """One :class:`~kdlayout.compress.PageCompressor` per thread (contexts are not shared)."""
+class _ThreadState(threading.local):
+    """Per thread: its :class:`~kdlayout.compress.PageCompressor` (contexts are not shared) and
+    the buffer its chunks are read into (reused: no fresh memory, no page faults per chunk)."""
 
     comp: PageCompressor | None = None
+    pages: np.ndarray | None = None
 
 
-def _compress_chunk(parts: list[np.ndarray], make: Callable[[], PageCompressor],
-                    local: _Compressors) -> _Chunk:
-    """Zero-page test (numpy over 64-bit words) and compression of the other pages of
-    ``(n_i, page_size)`` uint8 arrays taken as one sequence of pages."""
-    comp = local.comp
-    if comp is None:
-        comp = local.comp = make()
-    zeros = []
-    for pages in parts:
-        rows = (pages.view("<u8") if pages.flags.c_contiguous and pages.ctypes.data % 8 == 0
-                else pages)
-        zeros.append(~rows.any(axis=1))
-    zero: np.ndarray = np.asarray(np.concatenate(zeros) if len(zeros) > 1 else zeros[0],
-                                  dtype=bool)
-    c = comp.compress(parts, np.flatnonzero(~zero))
-    return _Chunk(zero, c.sizes, c.flags, c.data)
+class _ChunkWork:
+    """The work on one chunk, done by a compression thread (or inline): read its pages with
+    ``preadv`` into the thread's buffer, find the zero pages, compress the others into an output
+    buffer taken from a pool the writing thread hands buffers back to.
+
+    Reads of an :class:`~kdlayout.elfcore.ElfCore` run in parallel (positionless ``preadv`` on
+    its file descriptor); other inputs (a kdump-compressed file being refiltered keeps a page
+    cache) are read under a lock."""
+
+    def __init__(self, dump: PhysicalMemory, make: Callable[[], PageCompressor],
+                 chunk_pages: int) -> None:
+        from .elfcore import ElfCore
+        self.dump = dump
+        self.ps = dump.info.page_size
+        self.make = make
+        self.chunk_pages = chunk_pages
+        self.local = _ThreadState()
+        self.free: deque[np.ndarray] = deque()      # output buffers handed back
+        self.read_lock: contextlib.AbstractContextManager[object] = (
+            contextlib.nullcontext() if isinstance(dump, ElfCore) else threading.Lock())
+
+    def give_back(self, c: _Chunk) -> None:
+        """``c`` is written: its output buffer can take another chunk (so there are never more
+        buffers than chunks in flight, plus one)."""
+        if c.buf is not None:
+            self.free.append(c.buf)
+
+    def __call__(self, chunk: list[tuple[int, int]]) -> _Chunk:
+        ps, local = self.ps, self.local
+        comp = local.comp
+        if comp is None:
+            comp = local.comp = self.make()
+        n = sum(b - a for a, b in chunk)
+        buf = local.pages
+        if buf is None or buf.size < n * ps:
+            buf = local.pages = np.empty(max(n, self.chunk_pages) * ps, dtype=np.uint8)
+        pages = buf[:n * ps].reshape(n, ps)
+        i = 0
+        with self.read_lock:
+            for a, b in chunk:
+                _read_pages(self.dump, a, b, ps, pages[i:i + b - a])
+                i += b - a
+        # zero test: OR of each page's 64-bit words (numpy, without the GIL)
+        zero: np.ndarray = np.bitwise_or.reduce(pages.view("<u8"), axis=1) == 0
+        try:
+            out = self.free.popleft()
+        except IndexError:      # room for a whole chunk, whatever its pages: one size for all
+            out = np.empty(self.chunk_pages * ps + _OUT_SLACK, dtype=np.uint8)
+        c = comp.compress([pages], np.flatnonzero(~zero), out)
+        if c.buf is not out:                  # not used (no data, or bytes from a Python codec)
+            self.free.append(out)
+            return _Chunk(zero, c.sizes, c.flags, c.data, None)
+        return _Chunk(zero, c.sizes, c.flags, c.data, out)
+
+
+def _read_pages(dump: PhysicalMemory, a: int, b: int, ps: int, out: np.ndarray) -> None:
+    """Read pages ``[a, b)`` into the ``(b - a, ps)`` uint8 array ``out`` (read, not mapped: no
+    page faults on the dump file, whose lock two threads would fight over, and no RSS growing
+    with it); bytes the dump lacks (partial frames at the edge of a range) read as zeros."""
+    try:
+        dump.read_into(a * ps, out.reshape(-1))
+    except NotInDumpError:
+        flat = out.reshape(-1)
+        flat[:] = 0
+        for r in dump.iter_ranges(a * ps, b * ps):
+            flat[r.start - a * ps:r.end - a * ps] = np.frombuffer(dump.read(r.start, r.size),
+                                                                  dtype=np.uint8)
 
 
 def _read_run(dump: PhysicalMemory, a: int, b: int, ps: int) -> np.ndarray:
-    """Pages ``[a, b)`` as a ``(b - a, ps)`` array of our own (read, not mapped: no page faults
-    on the dump file, whose lock two threads would fight over, and no RSS growing with it);
-    bytes the dump lacks (partial frames at the edge of a range) read as zeros."""
-    try:
-        v = np.empty((b - a) * ps, dtype=np.uint8)
-        dump.read_into(a * ps, v)
-    except NotInDumpError:
-        buf = np.zeros((b - a) * ps, dtype=np.uint8)
-        for r in dump.iter_ranges(a * ps, b * ps):
-            buf[r.start - a * ps:r.end - a * ps] = np.frombuffer(dump.read(r.start, r.size),
-                                                                 dtype=np.uint8)
-        v = buf
-    return v.reshape(b - a, ps)
+    """Pages ``[a, b)`` as a new ``(b - a, ps)`` array (see :func:`_read_pages`)."""
+    v = np.empty((b - a, ps), dtype=np.uint8)
+    _read_pages(dump, a, b, ps, v)
+    return v
 
 
 def _chunks(runs: Iterable[tuple[int, int]], per: int) -> Iterator[list[tuple[int, int]]]:
@@ -413,8 +464,8 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
     k_done = 0                             # descriptors finished (written + pending)
     threads = max(1, opts.threads if opts.threads is not None
                   else DEFAULT_THREADS.get(opts.compression, 1))
-    local = _Compressors()
-    t_wait = t_write = t_read = 0.0
+    work = _ChunkWork(dump, make, max(8, opts.chunk_pages))
+    t_wait = t_write = 0.0
 
     def flush_descs() -> None:
         nonlocal k_written, descs
@@ -424,28 +475,26 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
             k_written += len(table)
             descs = []
 
-    def read_chunk(chunk: list[tuple[int, int]]) -> list[np.ndarray]:
-        nonlocal t_read
-        t = time.perf_counter()
-        parts = [_read_run(dump, a, b, ps) for a, b in chunk]
-        t_read += time.perf_counter() - t
-        return parts
-
     def store(c: _Chunk, last_pfn: int) -> None:
         nonlocal cursor, k_done, t_write
         t = time.perf_counter()
+        nonzero = ~c.zero
         d = np.zeros(len(c.zero), dtype=PAGE_DESC_DTYPE_LE)
-        offs = cursor + np.concatenate([[0], np.cumsum(c.sizes[:-1], dtype=np.int64)])
-        # offsets of non-zero pages: their sizes only (zero pages have size 0 here)
-        d["offset"] = np.where(c.zero, lay.zero_page_offset, offs)
-        d["size"] = np.where(c.zero, ps, c.sizes)
+        # offsets: the cursor plus the sizes before (zero pages have size 0 here)
+        offs = np.cumsum(c.sizes, dtype=np.int64)
+        offs -= c.sizes
+        offs += cursor
+        d["offset"] = np.where(nonzero, offs, lay.zero_page_offset)
+        d["size"] = np.where(nonzero, c.sizes, ps)
         d["flags"] = c.flags
         sink.pwrite(c.data, cursor)
+        work.give_back(c)
         cursor += len(c.data)
         descs.append(d)
         k_done += len(d)
-        res.zero_pages += int(c.zero.sum())
-        res.raw_pages += int(((c.flags == 0) & ~c.zero).sum())
+        nz = int(np.count_nonzero(nonzero))
+        res.zero_pages += len(d) - nz
+        res.raw_pages += nz - int(np.count_nonzero(c.flags))
         res.data_bytes += len(c.data)
         if k_done - k_written >= _DESC_BATCH:
             flush_descs()
@@ -453,19 +502,19 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
         if progress is not None:
             progress(last_pfn, bm.max_pfn)
 
-    pending: deque[tuple[Future[_Chunk], int, list[np.ndarray]]] = deque()
+    pending: deque[tuple[Future[_Chunk], int]] = deque()
     pool = (ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kdlayout-compress")
             if threads > 1 else None)
     try:
-        it = _chunks(_runs(bm.dumpable, lo, hi), max(8, opts.chunk_pages))
+        it = _chunks(_runs(bm.dumpable, lo, hi), work.chunk_pages)
         if pool is None:                   # one thread: no hand-offs, no GIL ping-pong
             for chunk in it:
-                parts = read_chunk(chunk)
                 t = time.perf_counter()
-                c = _compress_chunk(parts, make, local)
+                c = work(chunk)
                 t_wait += time.perf_counter() - t
                 store(c, chunk[-1][1])
         else:
+            # the threads read, test and compress; this one only writes, in pfn order
             exhausted = False
             while True:
                 while not exhausted and len(pending) < 2 * threads:
@@ -473,12 +522,10 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
                     if nxt is None:
                         exhausted = True
                         break
-                    parts = read_chunk(nxt)
-                    pending.append((pool.submit(_compress_chunk, parts, make, local),
-                                    nxt[-1][1], parts))
+                    pending.append((pool.submit(work, nxt), nxt[-1][1]))
                 if not pending:
                     break
-                fut, last_pfn, _ = pending.popleft()
+                fut, last_pfn = pending.popleft()
                 t = time.perf_counter()
                 c = fut.result()
                 t_wait += time.perf_counter() - t
@@ -488,7 +535,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
         sink.finish()
         res.timings["finish"] = time.perf_counter() - t
     except OutOfSpace as exc:
-        for f, _, _ in pending:
+        for f, _ in pending:
             f.cancel()
         flush_descs()                      # into the reserved table: cannot run out of space
         res.incomplete = True
@@ -502,7 +549,7 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
             pool.shutdown(wait=True, cancel_futures=True)
     res.pages_written = k_written
     res.size = cursor
-    res.timings.update(read=t_read, wait_compress=t_wait, write=t_write)
+    res.timings.update(read_compress=t_wait, write=t_write)
     res.seconds = time.perf_counter() - t0
     return res
 
