@@ -216,6 +216,34 @@ def test_symbol_table_lookups() -> None:
         tab.require("zz")
 
 
+@pytest.mark.parametrize("names", [
+    ["a", "b", "c", "b"], ["b", "b"], ["b"], ["x", "ab", "b", "ba", "b"], ["", "b", ""]])
+def test_text_backed_table_answers_like_the_list(names: list[str]) -> None:
+    """A table built from the joined names (decoded on demand) answers every lookup like one
+    built from the list; reading ``names`` gives the list."""
+    n = len(names)
+    addrs = np.arange(0x10, 0x10 + 0x10 * n, 0x10, dtype=np.uint64)
+    types = b"T" * n
+    by_list = SymbolTable(list(names), addrs, types)
+    by_text = SymbolTable.from_text("\n".join(names).encode("latin-1"), addrs, types)
+    assert len(by_text) == n
+    for name in {*names, "zz", "a\nb", "\u20ac"}:
+        assert by_text.indices(name) == by_list.indices(name) == [
+            i for i, x in enumerate(names) if x == name]
+        assert by_text.lookup(name) == by_list.lookup(name)
+        assert (name in by_text) == (name in by_list)
+        assert by_text.lookup_all(name) == by_list.lookup_all(name)
+    assert [by_text[i] for i in range(n)] == [by_list[i] for i in range(n)]
+    assert by_text[-1] == by_list[-1]
+    with pytest.raises(IndexError):
+        by_text[n]
+    assert by_text.name_at(0x10 * n) == by_list.name_at(0x10 * n)
+    assert by_text.names == names and list(by_text) == list(by_list)
+    assert by_text.indices(names[0]) == by_list.indices(names[0])  # after the names are built
+    with pytest.raises(ValueError):
+        SymbolTable.from_text(b"a\nb", addrs[:1], b"T")
+
+
 # -- real: a Debian -dbg vmlinux ---------------------------------------------------------------
 
 

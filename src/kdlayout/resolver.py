@@ -141,12 +141,12 @@ def _provide_kallsyms(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
     image = KernelImage(ctx.dump, ctx.vmcoreinfo if ctx.vmcoreinfo is not None
                         else vmcoreinfo_of(ctx.dump))
     found = kallsyms_source.load_kallsyms(image)
-    # One pass for the few names wanted, rather than a by-name index of ~200k symbols.
-    wanted = set(catalogue.SYMBOL_QUERIES)
+    # The few names wanted are searched for; no by-name index of ~200k symbols is built.
     first: dict[str, int] = {}
-    for i, sym_name in enumerate(found.table.names):
-        if sym_name in wanted and sym_name not in first:
-            first[sym_name] = i
+    for sym_name in catalogue.SYMBOL_QUERIES:
+        hits = found.table.indices(sym_name)
+        if hits:
+            first[sym_name] = hits[0]
     facts: list[Fact] = []
     for name in sorted(first):
         addr = int(found.table.addresses[first[name]])

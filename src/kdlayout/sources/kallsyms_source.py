@@ -41,7 +41,7 @@ from ..kallsyms import (
     SymbolTable,
     TokenTable,
     decode_addresses,
-    expand_names,
+    expand_names_text,
     markers_match,
     parse_token_table,
     read_markers,
@@ -298,17 +298,22 @@ def decode_at(image: KernelImage, locs: KallsymsLocations, how: str,
         image.read(locs.names, 1)  # raises the not-in-dump error naming the address
     layout = split_names_detect(names, num_syms, source=src, names_addr=locs.names,
                                 markers_for=_markers_probe(image, locs.names))
-    name_list, types = expand_names(names, layout, tokens, source=src)
+    text, types = expand_names_text(names, layout, tokens, source=src)
+    del names
+    table = SymbolTable.from_text(text, np.zeros(len(types), dtype=np.uint64), types)
+    del text
+    # Only the known symbols are looked up (in the text): no str object per symbol.
+    indices = {name: found for name in known if (found := table.indices(name))}
     candidates: list[AddressCandidate] = []
     for tables in locs.address_tables:
         candidates.extend(_address_candidates(image, tables, num_syms))
     if not candidates:
         where = ", ".join(f"{t}" for t in locs.address_tables)
         raise MissingDataError(f"no kallsyms address table could be read ({where})", path=src)
-    chosen, checks = select_scheme(candidates, name_list, known, source=src)
+    chosen, checks = select_scheme(candidates, (), known, source=src, indices=indices)
     check = next(c for c in checks
                  if c.scheme is chosen.scheme and c.table_addr == chosen.table_addr)
-    table = SymbolTable(name_list, chosen.addresses, types)
+    table.addresses = chosen.addresses
     prov = KallsymsProvenance(
         source=src, located_by=how, scheme=chosen.scheme, big_lengths=layout.big_lengths,
         long_names_seen=layout.saw_high_bit, kernel_offset=image.kernel_offset,
