@@ -662,18 +662,43 @@ def test_output_buffers_stay_few(tmp_path: Path) -> None:
 
 
 def test_threads_give_the_same_file(tmp_path: Path) -> None:
-    """The inline path (one thread) and the thread pool write byte-identical images."""
+    """The inline path (one worker), worker threads and worker processes write byte-identical
+    images."""
     src = _synth(tmp_path)
     images = []
-    for threads in (1, 2, 3):
-        out = tmp_path / f"t{threads}.kdump"
+    for threads, processes in ((1, True), (2, True), (3, True), (2, False), (3, False)):
+        out = tmp_path / f"t{threads}{processes}.kdump"
         with open_dump(src) as d:
             write_dump_file(d, level0_bitmaps(d, 1), str(out),
                             WriteOptions(compression=codecs.DUMP_DH_COMPRESSED_LZO
                                          if _have("lzo") else codecs.DUMP_DH_COMPRESSED_ZLIB,
-                                         threads=threads, chunk_pages=8, timestamp=FIXED_TIME))
+                                         threads=threads, processes=processes, chunk_pages=8,
+                                         timestamp=FIXED_TIME))
         images.append(out.read_bytes())
-    assert images[0] == images[1] == images[2]
+    assert all(image == images[0] for image in images[1:])
+
+
+def test_worker_process_error_is_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read failing in a worker process comes back as a one-line error naming its cause; no
+    file is left and no worker outlives the call."""
+    from kdlayout.elfcore import ElfCore
+    from kdlayout.errors import CorruptError
+    src = _synth(tmp_path)
+    real = ElfCore.read_into
+
+    def failing(self: ElfCore, paddr: int, out: np.ndarray) -> None:
+        if paddr <= 16 * PS < paddr + out.nbytes:
+            raise CorruptError("short read: 0 of 4096 bytes", path=str(src), offset=paddr)
+        real(self, paddr, out)
+
+    monkeypatch.setattr(ElfCore, "read_into", failing)
+    out = tmp_path / "o.kdump"
+    with open_dump(src) as d, pytest.raises(KdlayoutError, match="short read"):
+        write_dump_file(d, level0_bitmaps(d, 1), str(out),
+                        WriteOptions(threads=2, processes=True, chunk_pages=8))
+    assert not list(tmp_path.glob("*.kdump*")) and not list(tmp_path.glob(".o.kdump*"))
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
 
 
 # --------------------------------------------------------------------------------------------

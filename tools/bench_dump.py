@@ -6,7 +6,8 @@ interleaved (kdlayout, makedumpfile, makedumpfile threaded, then again): ``kdlay
 -X [--num-threads N] VMCORE OUT``, ``makedumpfile -d LEVEL -X VMCORE OUT`` (its default: no
 threads) and ``makedumpfile -d LEVEL -X --num-threads M VMCORE OUT``. Each run is a child process;
 wall time is measured around it and peak RSS is the child's ``VmHWM`` (polled; see
-:func:`peak_rss_kib`). The
+:func:`peak_rss_kib`), with the peak sums of ``VmRSS`` and ``Pss`` over it and its own children
+(kdlayout's compression worker processes) beside it. The
 report gives, per codec, wall time, output size and peak RSS of each, and the kdlayout /
 makedumpfile ratios (median of ``--repeat`` runs).
 
@@ -50,6 +51,8 @@ class Run(NamedTuple):
     size: int
     maxrss_kib: int
     status: int
+    tree_rss_kib: int = 0       # peak sum of VmRSS of the child and its children (workers)
+    tree_pss_kib: int = 0       # peak sum of their Pss (shared pages split between them)
 
 
 def _largest_fixture() -> Path | None:
@@ -59,24 +62,64 @@ def _largest_fixture() -> Path | None:
     return max(cores, key=lambda p: p.stat().st_size, default=None)
 
 
-def peak_rss_kib(proc: subprocess.Popen[bytes]) -> int:
+def _status_kib(pid: int, key: str) -> int:
+    """A ``kB`` field of ``/proc/PID/status`` (0 if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Peaks(NamedTuple):
+    """Peak memory of a run: the child's ``VmHWM``; the peak sums over it and its own children
+    (kdlayout's compression workers) of ``VmRSS`` (shared pages counted in each) and of
+    ``Pss`` (shared pages split between the processes sharing them)."""
+
+    hwm_kib: int
+    tree_rss_kib: int
+    tree_pss_kib: int
+
+
+def peak_rss_kib(proc: subprocess.Popen[bytes]) -> Peaks:
     """Peak RSS of a running child: its ``VmHWM``, polled every 2 ms until it exits (left
     unreaped for the caller). ``wait4``'s ``ru_maxrss`` is no use here: Linux folds the RSS of
     the memory the child had before ``exec`` into it, and with ``vfork`` that is this (parent)
-    process's peak."""
-    path = f"/proc/{proc.pid}/status"
-    peak = 0
+    process's peak. The sums over the child and its children are polled too (``Pss`` every
+    20 ms: reading it walks the page tables)."""
+    peak = tree = pss = 0
+    polls = 0
     while True:
-        try:
-            with open(path) as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]))
-                        break
-        except OSError:
-            pass
+        peak = max(peak, _status_kib(proc.pid, "VmHWM:"))
+        kids = _children(proc.pid)
+        tree = max(tree, sum(_status_kib(p, "VmRSS:") for p in [proc.pid, *kids]))
+        if polls % 10 == 0:
+            pss = max(pss, sum(_pss_kib(p) for p in [proc.pid, *kids]))
+        polls += 1
         if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return peak
+            return Peaks(peak, tree, pss)
         time.sleep(0.002)
 
 
@@ -87,7 +130,7 @@ def run_child(cmd: list[str], out: Path) -> Run:
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        peak = peak_rss_kib(proc)
+        peaks = peak_rss_kib(proc)
         status = proc.wait()
         seconds = time.perf_counter() - t0
         if status != 0:
@@ -95,7 +138,7 @@ def run_child(cmd: list[str], out: Path) -> Run:
             sys.stderr.write(f"{' '.join(cmd)}: exit {status}\n"
                              f"{err.read().decode(errors='replace')}")
     size = out.stat().st_size if out.exists() else 0
-    return Run(seconds, size, peak, status)
+    return Run(seconds, size, peaks.hwm_kib, status, peaks.tree_rss_kib, peaks.tree_pss_kib)
 
 
 def sparse_core(path: Path, gib: int) -> None:
@@ -208,6 +251,8 @@ def main() -> int:
             for who, rs in runs.items():
                 row[who] = {"seconds": med(rs, "seconds"), "bytes": med(rs, "size"),
                             "maxrss_kib": med(rs, "maxrss_kib"),
+                            "tree_rss_kib": med(rs, "tree_rss_kib"),
+                            "tree_pss_kib": med(rs, "tree_pss_kib"),
                             "ok": all(r.status == 0 for r in rs)}
             for who, _ in mdf_variants:
                 row[f"ratio_{who}"] = {
@@ -225,8 +270,8 @@ def main() -> int:
     print(f"vmcore {vmcore} ({vmcore.stat().st_size / 2**20:.0f} MiB), -d {args.level}, "
           f"kdlayout threads {args.threads if args.threads is not None else 'default'}, "
           f"median of {args.repeat}; ratio = kdlayout / makedumpfile")
-    print(f"{'codec':<7} {'tool':<16} {'s':>6} {'MiB':>7} {'RSS MiB':>8}   "
-          f"{'time':>6} {'size':>6} {'RSS':>6}")
+    print(f"{'codec':<7} {'tool':<16} {'s':>6} {'MiB':>7} {'RSS MiB':>8} {'tree RSS':>8} "
+          f"{'tree PSS':>8}   {'time':>6} {'size':>6} {'RSS':>6}")
 
     def f(x: object) -> str:
         return f"{x:6.2f}" if isinstance(x, float) else "     -"
@@ -238,7 +283,8 @@ def main() -> int:
             ratios = (f"   {f(q['seconds'])} {f(q['bytes'])} {f(q['maxrss_kib'])}"
                       if q else "")
             print(f"{r['codec']:<7} {who:<16} {m['seconds']:>6.2f} {m['bytes'] / 2**20:>7.1f} "
-                  f"{m['maxrss_kib'] / 1024:>8.0f}{ratios}")
+                  f"{m['maxrss_kib'] / 1024:>8.0f} {m['tree_rss_kib'] / 1024:>8.0f} "
+                  f"{m['tree_pss_kib'] / 1024:>8.0f}{ratios}")
             if not m["ok"]:
                 print("  (a run failed, see stderr)")
     return 0

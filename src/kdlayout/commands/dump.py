@@ -81,7 +81,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-f", dest="force", action="store_true",
                    help="overwrite DUMPFILE if it exists (refused otherwise)")
     p.add_argument("--num-threads", type=int, default=None, metavar="N",
-                   help="compression threads (default per codec: 2 for zlib, else 1; 0 as 1)")
+                   help="compression workers, forked processes (default 2 for every codec, 1 "
+                        "without compression; 0 as 1: inline)")
     p.add_argument("--split", action="store_true",
                    help="write a split set VMCORE DUMPFILE1 DUMPFILE2 ... (kdump-compressed): "
                         "each file the pages of its own pfn range, about equal in pages")
@@ -91,7 +92,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="debug messages (codec backend, threads, timings) on stderr")
     # makedumpfile options that tune its own internals: accepted, checked, no effect here
     # (docs/writer.md): bitmaps are 2 bits per pfn in memory, writes are batched in chunks of
-    # 256 pages, split ranges are balanced by pages exactly
+    # 512 pages, split ranges are balanced by pages exactly
     p.add_argument("-b", dest="block_order", type=int, metavar="ORDER",
                    help="makedumpfile's write cache of 2^ORDER pages (no effect)")
     p.add_argument("--cyclic-buffer", type=int, metavar="KIB",
