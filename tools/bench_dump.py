@@ -167,7 +167,7 @@ def sparse_core(path: Path, gib: int) -> None:
 def rss_scan(sizes: list[int], codecs: list[str], outdir: Path) -> int:
     """kdlayout ``-d 1`` on sparse cores of ``sizes`` GiB: wall time, output size, peak RSS."""
     kd = [sys.executable, "-m", "kdlayout.cli", "dump"]
-    print(f"{'GiB':>4} {'codec':<7} {'s':>6} {'MiB':>7} {'RSS MiB':>8}")
+    print(f"{'GiB':>4} {'codec':<7} {'s':>6} {'MiB':>7} {'RSS MiB':>8} {'tree PSS':>8}")
     for gib in sizes:
         core = outdir / f"sparse{gib}.core"
         sparse_core(core, gib)
@@ -180,7 +180,8 @@ def rss_scan(sizes: list[int], codecs: list[str], outdir: Path) -> int:
                 r = run_child([*kd, "-d", "1", f"-{letter}", "--message-level", "0", str(core),
                                str(out)], out)
                 print(f"{gib:>4} {CODEC_NAMES[letter]:<7} {r.seconds:>6.2f} "
-                      f"{r.size / 2**20:>7.1f} {r.maxrss_kib / 1024:>8.0f}"
+                      f"{r.size / 2**20:>7.1f} {r.maxrss_kib / 1024:>8.0f} "
+                      f"{r.tree_pss_kib / 1024:>8.0f}"
                       + ("" if r.status == 0 else "  (failed)"))
                 out.unlink(missing_ok=True)
         finally:
