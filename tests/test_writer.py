@@ -734,7 +734,7 @@ def test_makedumpfile_tuning_options_are_no_ops(tmp_path: Path) -> None:
              "--splitblock-size", "1024", "--work-dir", str(tmp_path), "--num-threads", "0",
              "-D", str(src), str(tuned))
     assert r.returncode == 0, r.stderr
-    assert b"threads" in r.stderr                     # -D: the debug line
+    assert b"workers" in r.stderr                     # -D: the debug line
     r = _cli("-c", "-d", "1", "--message-level", "0", "--non-cyclic", str(src),
              str(tmp_path / "nc.kdump"))
     assert r.returncode == 0, r.stderr

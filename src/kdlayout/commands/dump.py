@@ -27,6 +27,7 @@ from ..errors import KdlayoutError
 from ..resolver import resolve
 from ..writer import (
     CODEC_FLAGS,
+    DEFAULT_THREADS,
     IncompleteDumpError,
     PageBitmaps,
     WriteOptions,
@@ -206,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     if args.debug:
         sys.stderr.write(f"kdlayout dump: codec {args.codec or 'none'} via "
-                         f"{backend_name(opts.compression)}, threads {threads or 'default'}, "
+                         f"{backend_name(opts.compression)}, workers "
+                         f"{threads or DEFAULT_THREADS.get(opts.compression, 1)}, "
                          f"{res.pages_written} pages, write {res.seconds:.3f} s "
                          + " ".join(f"{k} {v:.3f}" for k, v in res.timings.items()) + "\n")
     if ml & ML_REPORT:
