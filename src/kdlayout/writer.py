@@ -261,13 +261,16 @@ class _ThreadState(threading.local):
 
 
 class _ChunkWork:
-    """The work on one chunk, done by a compression thread (or inline): read its pages with
-    ``preadv`` into the thread's buffer, find the zero pages, compress the others into an output
-    buffer taken from a pool the writing thread hands buffers back to.
+    """The work on one chunk, done by a compression worker (a forked process, a thread, or the
+    writing thread itself): read its pages with ``preadv`` into the worker's buffer, find the
+    zero pages, compress the others into an output buffer (a slot of the shared mapping, or one
+    from a pool the writing thread hands buffers back to).
 
     Reads of an :class:`~kdlayout.elfcore.ElfCore` run in parallel (positionless ``preadv`` on
-    its file descriptor); other inputs (a kdump-compressed file being refiltered keeps a page
-    cache) are read under a lock."""
+    its file descriptor); other inputs read by threads (a kdump-compressed file being refiltered
+    keeps a page cache) are read under a lock. Forked workers each have their own copy of the
+    input object; every reader uses positionless reads, so they share the file descriptor
+    safely."""
 
     def __init__(self, dump: PhysicalMemory, make: Callable[[], PageCompressor],
                  chunk_pages: int) -> None:
