@@ -18,10 +18,10 @@ described in ``docs/kallsyms.md``; in short:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import accumulate, repeat
+from itertools import accumulate, pairwise, repeat
 from typing import NamedTuple, NoReturn
 
 import numpy as np
@@ -289,9 +289,9 @@ def split_names_detect(names: bytes | memoryview, num_syms: int, *, source: str,
 _SEP = 0x0A
 
 
-#: Symbols expanded per numpy gather in :func:`expand_names`: bounds the (token bytes x longest
-#: token) matrix to a few MiB instead of ~50 MiB for a 200k-symbol kernel.
-EXPAND_BLOCK = 1 << 13
+#: Symbols expanded per numpy gather in :func:`expand_names_text`: bounds the (token bytes x
+#: longest token) matrix to ~1 MiB instead of ~50 MiB for a 200k-symbol kernel.
+EXPAND_BLOCK = 1 << 12
 
 
 def expand_names(names: bytes | memoryview, layout: NameLayout, tokens: TokenTable, *,
@@ -336,21 +336,31 @@ def expand_names_text(names: bytes | memoryview, layout: NameLayout, tokens: Tok
     matrix[TOKENS, 0] = _SEP
     if np.any(matrix[:TOKENS] == _SEP):
         raise CorruptError("kallsyms_token_table: a token contains a newline", path=source)
+    # Every block reuses the same index, row and mask buffers (fresh multi-MiB arrays per block
+    # would be page-faulted in again each time).
+    bounds = [*sep_rows[::EXPAND_BLOCK].tolist(), len(stream)]
+    longest = max(b - a for a, b in pairwise(bounds))
+    idx_buf = np.empty(longest, dtype=np.intp)
+    rows_buf = np.empty((longest, width), dtype=np.uint8)
+    mask_buf = np.empty(longest * width, dtype=bool)
     texts: list[bytes] = []
     types = bytearray()
-    for lo in range(0, n, EXPAND_BLOCK):
-        hi = min(lo + EXPAND_BLOCK, n)
-        a = int(sep_rows[lo])
-        b = int(sep_rows[hi]) if hi < n else len(stream)
-        rows = np.take(matrix, stream[a:b], axis=0)        # one row per token byte
-        first_rows = sep_rows[lo:hi] - (a - 1)             # each symbol's first token
+    for k, (a, b) in enumerate(pairwise(bounds)):
+        lo = k * EXPAND_BLOCK
+        idx = idx_buf[:b - a]
+        idx[:] = stream[a:b]
+        rows = rows_buf[:b - a]
+        np.take(matrix, idx, axis=0, out=rows)             # one row per token byte
+        first_rows = sep_rows[lo:lo + EXPAND_BLOCK] - (a - 1)  # each symbol's first token
         types += rows[first_rows, 0].tobytes()
         rows[first_rows, 0] = 0                            # drop the type letter ...
         if lo == 0:
             rows[0, 0] = 0                                 # ... and the leading separator
-        flat = rows.ravel()
-        texts.append(np.compress(flat != 0, flat).tobytes())
-        del rows, flat
+        flat = rows.reshape(-1)
+        mask = mask_buf[:flat.size]
+        np.not_equal(flat, 0, out=mask)
+        texts.append(np.compress(mask, flat).tobytes())
+    del idx_buf, rows_buf, mask_buf
     del stream
     text = b"".join(texts)
     del texts
@@ -521,6 +531,8 @@ class SymbolTable:
         self._names: list[str] | None = names
         self._text: bytes | None = None
         self._ends: npt.NDArray[np.int64] | None = None
+        self._keys: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                          npt.NDArray[np.int64]] | None = None
         self.addresses = addresses
         self.types = types
         self._by_name: dict[str, int] | None = None
@@ -551,6 +563,7 @@ class SymbolTable:
             self._names = self._text.decode("latin-1").split("\n") if self.types else []
             self._text = None
             self._ends = None
+            self._keys = None
         return self._names
 
     def __len__(self) -> int:
@@ -569,6 +582,26 @@ class SymbolTable:
             self._ends = np.append(np.flatnonzero(text == 0x0A), len(self._text))
         return self._ends
 
+    def _line_keys(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                                  npt.NDArray[np.int64]]:
+        """Start and length of every name in the text, and a signature ``length << 16 |
+        first byte << 8 | last byte`` (0 for an empty name) to pre-filter lookups (built once)."""
+        if self._keys is None:
+            assert self._text is not None
+            ends = self._line_ends()
+            starts = np.empty_like(ends)
+            starts[0] = 0
+            starts[1:] = ends[:-1] + 1
+            lens = ends - starts
+            sig = lens << 16
+            if len(self._text):
+                text = np.frombuffer(self._text, dtype=np.uint8)
+                sig |= text[np.minimum(starts, len(text) - 1)].astype(np.int64) << 8
+                sig |= text[np.maximum(ends - 1, 0)]
+                sig[lens == 0] = 0
+            self._keys = (starts, lens, sig)
+        return self._keys
+
     def _name(self, i: int) -> str:
         if self._names is not None:
             return self._names[i]
@@ -586,31 +619,40 @@ class SymbolTable:
 
     def indices(self, name: str) -> list[int]:
         """Index of every symbol called ``name``, ascending (static symbols can repeat)."""
+        return self.indices_many((name,)).get(name, [])
+
+    def indices_many(self, names: Iterable[str]) -> dict[str, list[int]]:
+        """For each of ``names`` that is in the table, the index of every symbol so called
+        (ascending). One vectorised pass over the text for all of them; no ``str`` is made for
+        the other symbols."""
+        wanted = set(names)
+        found: dict[str, list[int]] = {}
         if self._names is not None:
-            return [i for i, n in enumerate(self._names) if n == name]
+            for i, n in enumerate(self._names):
+                if n in wanted:
+                    found.setdefault(n, []).append(i)
+            return found
         assert self._text is not None
-        try:
-            key = name.encode("latin-1")
-        except UnicodeEncodeError:
-            return []
-        if b"\n" in key or not self.types:
-            return []
+        keys: dict[bytes, str] = {}
+        for name in wanted:
+            try:
+                key = name.encode("latin-1")
+            except UnicodeEncodeError:
+                continue
+            if b"\n" not in key:
+                keys[key] = name
+        if not keys or not self.types:
+            return found
+        starts, lens, sig = self._line_keys()
+        want = np.array([len(k) << 16 | k[0] << 8 | k[-1] if k else 0 for k in keys],
+                        dtype=np.int64)
+        cand = np.flatnonzero(np.isin(sig, want))
         text = self._text
-        hits: list[int] = []
-        if text.startswith(key + b"\n") or text == key:
-            hits.append(0)
-        needle = b"\n" + key + b"\n"
-        at = text.find(needle)
-        while at >= 0:
-            hits.append(at + 1)
-            at = text.find(needle, at + 1)
-        if text.endswith(b"\n" + key):
-            hits.append(len(text) - len(key))
-        if not hits:
-            return []
-        # the name starting at text offset o has as many names before it as newlines before o
-        ends = self._line_ends()
-        found: list[int] = np.searchsorted(ends, np.array(hits, dtype=np.int64)).tolist()
+        for i, at, n in zip(cand.tolist(), starts[cand].tolist(), lens[cand].tolist(),
+                            strict=True):
+            hit = keys.get(text[at:at + n])
+            if hit is not None:
+                found.setdefault(hit, []).append(i)
         return found
 
     def _index(self) -> dict[str, int]:

@@ -142,11 +142,8 @@ def _provide_kallsyms(ctx: ResolveContext) -> tuple[list[Fact], str] | None:
                         else vmcoreinfo_of(ctx.dump))
     found = kallsyms_source.load_kallsyms(image)
     # The few names wanted are searched for; no by-name index of ~200k symbols is built.
-    first: dict[str, int] = {}
-    for sym_name in catalogue.SYMBOL_QUERIES:
-        hits = found.table.indices(sym_name)
-        if hits:
-            first[sym_name] = hits[0]
+    first = {name: hits[0] for name, hits in
+             found.table.indices_many(catalogue.SYMBOL_QUERIES).items()}
     facts: list[Fact] = []
     for name in sorted(first):
         addr = int(found.table.addresses[first[name]])

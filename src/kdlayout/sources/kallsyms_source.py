@@ -303,7 +303,7 @@ def decode_at(image: KernelImage, locs: KallsymsLocations, how: str,
     table = SymbolTable.from_text(text, np.zeros(len(types), dtype=np.uint64), types)
     del text
     # Only the known symbols are looked up (in the text): no str object per symbol.
-    indices = {name: found for name in known if (found := table.indices(name))}
+    indices = table.indices_many(known)
     candidates: list[AddressCandidate] = []
     for tables in locs.address_tables:
         candidates.extend(_address_candidates(image, tables, num_syms))
