@@ -678,6 +678,46 @@ def test_threads_give_the_same_file(tmp_path: Path) -> None:
     assert all(image == images[0] for image in images[1:])
 
 
+def test_no_fork_beside_other_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With another thread alive in the caller (a library user's own), worker processes are not
+    forked (a lock that thread holds would stay locked in the child): threads write the same
+    file instead. Without one, two workers are forked."""
+    import threading
+    src = _synth(tmp_path)
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counting_fork)
+    opts = WriteOptions(compression=codecs.DUMP_DH_COMPRESSED_ZLIB, threads=2, processes=True,
+                        chunk_pages=8, timestamp=FIXED_TIME)
+    images = []
+    for other in (False, True):
+        stop = threading.Event()
+        waiter = threading.Thread(target=stop.wait) if other else None
+        if waiter is not None:
+            waiter.start()
+        try:
+            assert threading.active_count() == (2 if other else 1)
+            out = tmp_path / f"o{other}.kdump"
+            with open_dump(src) as d:
+                write_dump_file(d, level0_bitmaps(d, 1), str(out), opts)
+            images.append(out.read_bytes())
+        finally:
+            stop.set()
+            if waiter is not None:
+                waiter.join()
+        if not other:
+            assert len(forks) == 2
+            forks.clear()
+    assert forks == [] and images[0] == images[1]
+
+
 def test_worker_process_error_is_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read failing in a worker process comes back as a one-line error naming its cause; no
     file is left and no worker outlives the call."""

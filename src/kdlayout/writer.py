@@ -108,7 +108,7 @@ class WriteOptions:
     """How to write: page compression (a ``DUMP_DH_COMPRESSED_*`` flag, 0 for none), workers
     (``threads``; None: :data:`DEFAULT_THREADS` of the codec; 1: in the calling thread), and
     whether more than one worker means forked processes (the default, where ``os.fork``
-    exists) or threads of this process."""
+    exists and the calling process runs no other thread) or threads of this process."""
 
     compression: int = codecs.DUMP_DH_COMPRESSED_ZLIB
     threads: int | None = None
@@ -731,7 +731,9 @@ def write_kdump(dump: PhysicalMemory, bm: PageBitmaps, sink: Sink, opts: WriteOp
     runner: _Runner
     if threads == 1:
         runner = _Inline(work)             # no hand-offs at all
-    elif opts.processes and hasattr(os, "fork"):
+    elif opts.processes and hasattr(os, "fork") and threading.active_count() == 1:
+        # forking copies only the calling thread: with other threads alive (a library caller's
+        # own) a lock one of them holds would stay locked in the child, so they get threads
         runner = _Processes(work, threads, 2 * threads)
     else:
         runner = _Threads(work, threads)
