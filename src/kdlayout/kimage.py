@@ -300,9 +300,30 @@ class KernelImage:
         raise CorruptError(f"no NUL terminator within {max_len} bytes of string at {vaddr:#x}",
                            path=self.source)
 
+    def release(self) -> None:
+        """Unmap the dump file pages that reads so far have mapped (see :func:`release_mapping`);
+        for scans that read tens of MiB of the image in chunks."""
+        release_mapping(self.mem)
+
     def __repr__(self) -> str:
         return (f"KernelImage({self.source!r}, phys_base={self.phys_base.value:#x} "
                 f"via {self.phys_base.method})")
+
+
+def release_mapping(mem: PhysicalMemory) -> None:
+    """Drop every page of ``mem``'s file mapping from the process (where ``mem`` reads a file
+    through a read-only mmap, as :class:`~kdlayout.elfcore.ElfCore` does): reads copy their
+    bytes out, but the pages they touched stay mapped and count in RSS. The page cache keeps
+    them; a later read maps them again. A no-op for dumps that are not read through a mapping."""
+    import contextlib
+
+    from .physmem import release_view
+
+    ranges = mem.ranges()
+    if not ranges:
+        return
+    with contextlib.suppress(KdlayoutError):
+        release_view(mem.view(ranges[0].start, 1), whole_mapping=True)
 
 
 _UTS_FIELD = 65  # __NEW_UTS_LEN + 1

@@ -19,7 +19,6 @@ Precedence (first wins), and why:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -461,15 +460,10 @@ def resolve(dump: PhysicalMemory | None, options: ResolveOptions | None = None,
 def _release_mapping(dump: PhysicalMemory | None) -> None:
     """Unmap the dump file pages a cold resolve touched (kallsyms, BTF, the page tables: ~5-10
     MiB of the kernel image), as the scanner does with its windows; the page cache keeps them."""
-    from .physmem import release_view
+    from .kimage import release_mapping
 
-    if dump is None:
-        return
-    ranges = dump.ranges()
-    if not ranges:
-        return
-    with contextlib.suppress(KdlayoutError):
-        release_view(dump.view(ranges[0].start, 1), whole_mapping=True)
+    if dump is not None:
+        release_mapping(dump)
 
 
 def _release_heap() -> None:

@@ -64,6 +64,7 @@ def _scan(image: KernelImage, stext: int, path: str) -> tuple[Btf, str]:
                                    f"{pos + at:#x} ({found.header.blob_size} bytes)")
                 at = chunk.find(magic, at + 1)
         pos += SCAN_CHUNK
+        image.release()  # the chunk's pages would otherwise stay mapped (RSS ~ bytes scanned)
     raise MissingDataError(
         f"no BTF in the kernel image {stext:#x}-{end:#x} (kernel built without "
         "CONFIG_DEBUG_INFO_BTF?)", path=path)

@@ -438,6 +438,8 @@ def scan_locations(image: KernelImage,
             if found is not None:
                 return found
         pos += max(len(chunk) - overlap, _PAGE)
+        del chunk
+        image.release()  # the chunk's pages would otherwise stay mapped (RSS ~ bytes scanned)
     return None
 
 
