@@ -786,6 +786,36 @@ def test_makedumpfile_tuning_options_are_no_ops(tmp_path: Path) -> None:
             assert a.read_page(pfn) == b.read_page(pfn) == c.read_page(pfn)
 
 
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    """--dry-run builds the image but creates no file (nor a temporary one), in every output
+    form; its report equals a real run's; the refusals of a real run and makedumpfile's
+    (--dump-dmesg) stay."""
+    src = _synth(tmp_path)
+    real = tmp_path / "real.kdump"
+    r = _cli("-c", "-d", "1", "--message-level", "16", str(src), str(real))
+    assert r.returncode == 0, r.stderr
+    want = r.stderr.decode()
+    assert f"Write bytes     : {real.stat().st_size}\n" in want
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    r = _cli("--dry-run", "-c", "-d", "1", "--message-level", "16", str(src),
+             str(tmp_path / "dry.kdump"))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.decode() == want
+    dry = str(tmp_path / "dry.kdump")
+    for args in (["-E", str(src), dry], ["--split", "-l", str(src), dry, str(tmp_path / "dry2")],
+                 ["-F", "-c", str(src)]):
+        r = _cli("--dry-run", "-d", "1", *args)
+        assert r.returncode == 0, (args, r.stderr)
+        assert r.stdout == b"" and b"--dry-run: nothing written" in r.stderr, args
+    for args, msg in ((["--dump-dmesg"], b"--dump-dmesg"), (["-f"], b"input")):
+        target = str(src) if "-f" in args else str(tmp_path / "d.txt")
+        r = _cli("--dry-run", *args, str(src), target)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+    r = _cli("--dry-run", "-d", "1", str(src), str(real))          # exists, no -f
+    assert r.returncode == 2 and b"exists" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
 # --------------------------------------------------------------------------------------------
 # --split
 

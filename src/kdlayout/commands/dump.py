@@ -4,7 +4,8 @@ Option names and meanings follow makedumpfile (``makedumpfile -c -d 31 /proc/vmc
 as kdump-tools runs it): ``-d`` dump level, ``-c/-l/-p/-z`` page compression (none: pages stored
 raw), ``-F`` flattened format on stdout, ``--num-threads``, ``-x`` vmlinux, ``-i`` VMCOREINFO file,
 ``--message-level``, ``-E`` (ELF output, uncompressed), ``--split`` (a set of files by pfn
-range), ``--check-params``, ``-D``; ``-b``, ``--cyclic-buffer``, ``--non-cyclic``,
+range), ``--check-params``, ``--dry-run`` (everything but the output: no file, not even a
+temporary one), ``-D``; ``-b``, ``--cyclic-buffer``, ``--non-cyclic``,
 ``--splitblock-size`` and ``--work-dir`` are accepted and checked but tune only makedumpfile's
 internals (no effect here); ``--dump-dmesg`` (the crashed kernel's log
 to DUMPFILE instead of a dump, see ``kdlayout.commands.dmesg``).
@@ -16,14 +17,16 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
 from ..compress import backend_name, compressor_factory
-from ..diskdump_write import FlatSink, OutOfSpace
+from ..diskdump_write import FlatSink, OutOfSpace, SinkStats
 from ..dumpfile import open_dump
 from ..errors import KdlayoutError
+from ..physmem import PhysicalMemory
 from ..resolver import resolve
 from ..writer import (
     CODEC_FLAGS,
@@ -33,7 +36,9 @@ from ..writer import (
     WriteOptions,
     WriteResult,
     level0_bitmaps,
+    same_file,
     scan_bitmaps,
+    split_ranges,
     write_dump_file,
     write_elf,
     write_kdump,
@@ -89,6 +94,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "each file the pages of its own pfn range, about equal in pages")
     p.add_argument("--check-params", action="store_true",
                    help="only check the command line, then exit 0 (nothing read or written)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="do everything but write: no DUMPFILE (nor a temporary file) is "
+                        "created; the report still says how big it would be")
     p.add_argument("-D", dest="debug", action="store_true",
                    help="debug messages (codec backend, threads, timings) on stderr")
     # makedumpfile options that tune its own internals: accepted, checked, no effect here
@@ -136,8 +144,28 @@ class _Progress:
         sys.stderr.flush()
 
 
+class DiscardSink:
+    """A sink that keeps nothing (``--dry-run``): it only counts what the image would hold."""
+
+    def __init__(self) -> None:
+        self.stats = SinkStats()
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        """Count ``data``; write nothing."""
+        self.stats.bytes_written += memoryview(data).nbytes
+        self.stats.records += 1
+
+    def reserve(self, size: int) -> None:
+        """Nothing to reserve."""
+
+    def finish(self) -> None:
+        """Nothing to flush."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``kdlayout dump``; returns the exit status."""
+    if args.dry_run and args.dump_dmesg:
+        raise KdlayoutError("--dry-run cannot be used with --dump-dmesg")
     if args.dump_dmesg:
         return run_dump_dmesg(args)
     if args.elf and args.codec:
@@ -153,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     if args.flatten:
         if args.dumpfile is not None:
             raise KdlayoutError("-F writes to stdout: give no DUMPFILE")
-        if sys.stdout.isatty():
+        if sys.stdout.isatty() and not args.dry_run:
             raise KdlayoutError("-F would write binary data to a terminal; redirect stdout")
     elif args.dumpfile is None:
         raise KdlayoutError("DUMPFILE is required (or -F for stdout)")
@@ -165,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
         if ml & ML_COMMON:
             sys.stderr.write("Commandline parameter is valid.\n")
         return 0
+    paths = [] if args.flatten else [str(args.dumpfile), *args.more_dumpfiles]
+    if args.dry_run:                 # refused as a real run would refuse them, up front
+        check_targets(args.vmcore, paths, overwrite=args.force)
     progress = _Progress(bool(ml & ML_PROGRESS))
     t0 = time.perf_counter()
     with open_dump(args.vmcore) as dump:
@@ -178,7 +209,10 @@ def run(args: argparse.Namespace) -> int:
         def prog(done: int, total: int) -> None:
             progress("Copying data", done, total)
 
-        if args.flatten:
+        if args.dry_run:
+            res = dry_run(dump, bm, opts, prog, parts=len(paths) if args.split else 1,
+                          elf=args.elf)
+        elif args.flatten:
             sink = FlatSink(sys.stdout.buffer)
             res = (write_elf(dump, bm, sink, prog) if args.elf
                    else write_kdump(dump, bm, sink, opts, prog))
@@ -188,14 +222,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             try:
                 if args.split:
-                    parts = write_split_files(dump, bm, [str(args.dumpfile), *args.more_dumpfiles],
-                                              opts, input_path=args.vmcore, progress=prog,
-                                              overwrite=args.force)
-                    res = replace(parts[0], pages_dumped=sum(r.pages_dumped for r in parts),
-                                  pages_written=sum(r.pages_written for r in parts),
-                                  zero_pages=sum(r.zero_pages for r in parts),
-                                  raw_pages=sum(r.raw_pages for r in parts),
-                                  size=sum(r.size for r in parts))
+                    parts = write_split_files(dump, bm, paths, opts, input_path=args.vmcore,
+                                              progress=prog, overwrite=args.force)
+                    res = _sum_results(parts)
                 else:
                     res = write_dump_file(dump, bm, str(args.dumpfile), opts,
                                           input_path=args.vmcore, progress=prog, elf=args.elf,
@@ -214,12 +243,47 @@ def run(args: argparse.Namespace) -> int:
     if ml & ML_REPORT:
         print_report(bm, res)
     if ml & ML_COMMON:
-        where = ("stdout" if args.flatten else
-                 ", ".join([str(args.dumpfile), *args.more_dumpfiles]) if args.split
-                 else str(args.dumpfile))
-        sys.stderr.write(f"\nThe dumpfile is saved to {where}.\n\n"
+        where = "stdout" if args.flatten else ", ".join(paths)
+        saved = (f"--dry-run: nothing written to {where}" if args.dry_run
+                 else f"The dumpfile is saved to {where}")
+        sys.stderr.write(f"\n{saved}.\n\n"
                          f"kdlayout dump completed in {elapsed:.1f} s.\n")
     return 0
+
+
+def check_targets(vmcore: str, paths: list[str], *, overwrite: bool) -> None:
+    """The refusals of the writer for output files (the input, a name given twice, an existing
+    file without ``-f``), for ``--dry-run``, which creates none."""
+    for i, path in enumerate(paths):
+        if same_file(vmcore, path):
+            raise KdlayoutError("refusing to overwrite the input dump", path=path)
+        if any(same_file(p, path) for p in paths[:i]):
+            raise KdlayoutError("DUMPFILE given twice", path=path)
+        if not overwrite and os.path.lexists(path):
+            raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=path)
+
+
+def dry_run(dump: PhysicalMemory, bm: PageBitmaps, opts: WriteOptions,
+            progress: Callable[[int, int], None] | None = None, *, parts: int = 1,
+            elf: bool = False) -> WriteResult:
+    """Build the image (pages read, zero-tested and compressed) into a :class:`DiscardSink`:
+    what ``--dry-run`` does. ``parts`` > 1: a ``--split`` set, the files' results summed."""
+    if elf:
+        return write_elf(dump, bm, DiscardSink(), progress)
+    if parts == 1:
+        return write_kdump(dump, bm, DiscardSink(), opts, progress)
+    return _sum_results([write_kdump(dump, bm, DiscardSink(), opts, progress, split=rng)
+                         for rng in split_ranges(bm, parts)])
+
+
+def _sum_results(parts: list[WriteResult]) -> WriteResult:
+    """One result for a split set: page counts and sizes summed."""
+    return replace(parts[0], pages_dumped=sum(r.pages_dumped for r in parts),
+                   pages_written=sum(r.pages_written for r in parts),
+                   zero_pages=sum(r.zero_pages for r in parts),
+                   raw_pages=sum(r.raw_pages for r in parts),
+                   data_bytes=sum(r.data_bytes for r in parts),
+                   size=sum(r.size for r in parts))
 
 
 def check_compat_options(args: argparse.Namespace) -> None:
