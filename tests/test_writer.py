@@ -816,6 +816,20 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == listing
 
 
+def test_show_stats_prints_the_report(tmp_path: Path) -> None:
+    """--show-stats adds the report (message bit 16) to any message level."""
+    src = _synth(tmp_path)
+    r = _cli("--show-stats", "--message-level", "0", "-d", "1", str(src),
+             str(tmp_path / "a.kdump"))
+    assert r.returncode == 0, r.stderr
+    text = r.stderr.decode()
+    assert "Original pages  : 0x000000000000000a" in text
+    assert "Pages filled with zero    : 0x0000000000000002" in text
+    assert "saved to" not in text                             # bit 2 still off
+    r = _cli("--message-level", "0", "-d", "1", str(src), str(tmp_path / "b.kdump"))
+    assert r.returncode == 0 and r.stderr == b""
+
+
 # --------------------------------------------------------------------------------------------
 # --split
 

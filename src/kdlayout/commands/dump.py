@@ -5,7 +5,7 @@ as kdump-tools runs it): ``-d`` dump level, ``-c/-l/-p/-z`` page compression (no
 raw), ``-F`` flattened format on stdout, ``--num-threads``, ``-x`` vmlinux, ``-i`` VMCOREINFO file,
 ``--message-level``, ``-E`` (ELF output, uncompressed), ``--split`` (a set of files by pfn
 range), ``--check-params``, ``--dry-run`` (everything but the output: no file, not even a
-temporary one), ``-D``; ``-b``, ``--cyclic-buffer``, ``--non-cyclic``,
+temporary one), ``--show-stats`` (the page report, message bit 16), ``-D``; ``-b``, ``--cyclic-buffer``, ``--non-cyclic``,
 ``--splitblock-size`` and ``--work-dir`` are accepted and checked but tune only makedumpfile's
 internals (no effect here); ``--dump-dmesg`` (the crashed kernel's log
 to DUMPFILE instead of a dump, see ``kdlayout.commands.dmesg``).
@@ -97,6 +97,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="do everything but write: no DUMPFILE (nor a temporary file) is "
                         "created; the report still says how big it would be")
+    p.add_argument("--show-stats", action="store_true",
+                   help="print the page report (same as message level bit 16)")
     p.add_argument("-D", dest="debug", action="store_true",
                    help="debug messages (codec backend, threads, timings) on stderr")
     # makedumpfile options that tune its own internals: accepted, checked, no effect here
@@ -164,6 +166,8 @@ class DiscardSink:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``kdlayout dump``; returns the exit status."""
+    if args.show_stats:
+        args.message_level |= ML_REPORT
     if args.dry_run and args.dump_dmesg:
         raise KdlayoutError("--dry-run cannot be used with --dump-dmesg")
     if args.dump_dmesg:
