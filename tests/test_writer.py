@@ -830,6 +830,37 @@ def test_show_stats_prints_the_report(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stderr == b""
 
 
+def test_report_counts_without_a_byte_per_pfn() -> None:
+    """count_bits (the report's page count) equals the bit count, over slice edges, and the
+    report allocates no array as large as one byte per pfn."""
+    import tracemalloc
+
+    from kdlayout.commands import dump as dump_cmd
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 7, 8, 9, 1000, (1 << 23) + 13):
+        bits = rng.random(n) < 0.4
+        packed = np.packbits(bits, bitorder="little")
+        assert dump_cmd.count_bits(packed) == int(bits.sum())
+    n = 1 << 27                                       # 512 GiB of 4 KiB pages
+    valid = np.full(n // 8, 0xFF, dtype=np.uint8)
+    bm = PageBitmaps(n, valid, valid, 31, {"free": 5})
+    from kdlayout.writer import WriteResult
+    tracemalloc.start()
+    try:
+        dump_cmd.count_bits(valid)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < n // 16, peak                       # a byte per pfn would be n
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        dump_cmd.print_report(bm, WriteResult(pages_dumped=n - 5, zero_pages=3))
+    assert f"Original pages  : 0x{n:016x}" in buf.getvalue()
+    assert f"  Excluded pages            : 0x{8:016x}" in buf.getvalue()
+
+
 # --------------------------------------------------------------------------------------------
 # --split
 

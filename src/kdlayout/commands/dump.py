@@ -5,8 +5,8 @@ as kdump-tools runs it): ``-d`` dump level, ``-c/-l/-p/-z`` page compression (no
 raw), ``-F`` flattened format on stdout, ``--num-threads``, ``-x`` vmlinux, ``-i`` VMCOREINFO file,
 ``--message-level``, ``-E`` (ELF output, uncompressed), ``--split`` (a set of files by pfn
 range), ``--check-params``, ``--dry-run`` (everything but the output: no file, not even a
-temporary one), ``--show-stats`` (the page report, message bit 16), ``-D``; ``-b``, ``--cyclic-buffer``, ``--non-cyclic``,
-``--splitblock-size`` and ``--work-dir`` are accepted and checked but tune only makedumpfile's
+temporary one), ``--show-stats`` (the page report, message bit 16), ``-D``; ``-b``,
+``--cyclic-buffer``, ``--non-cyclic``, ``--splitblock-size`` and ``--work-dir`` are accepted and checked but tune only makedumpfile's
 internals (no effect here); ``--dump-dmesg`` (the crashed kernel's log
 to DUMPFILE instead of a dump, see ``kdlayout.commands.dmesg``).
 """
@@ -321,9 +321,24 @@ def run_dump_dmesg(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Set bits of each byte value.
+_POPCOUNT: np.ndarray = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+#: Bitmap bytes counted per step (8 Mi pfns): no array grows with the RAM size.
+_COUNT_STEP = 1 << 20
+
+
+def count_bits(packed: np.ndarray) -> int:
+    """Set bits of a packed bitmap, counted a bounded slice at a time (a table lookup per
+    byte; never one byte per pfn)."""
+    total = 0
+    for lo in range(0, packed.size, _COUNT_STEP):
+        total += int(_POPCOUNT[packed[lo:lo + _COUNT_STEP]].sum(dtype=np.int64))
+    return total
+
+
 def print_report(bm: PageBitmaps, res: WriteResult) -> None:
     """A page count summary shaped like makedumpfile's report (on stderr)."""
-    valid = int(np.unpackbits(bm.valid).sum())
+    valid = count_bits(bm.valid)
     out = sys.stderr
 
     def line(label: str, pages: int) -> None:
