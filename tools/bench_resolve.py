@@ -4,7 +4,8 @@
 For each fixture vmcore (or the files given), two fresh processes share an empty cache directory:
 the first resolves cold (VMCOREINFO, kallsyms and the in-dump BTF decoded from scratch) and
 stores the layout; the second is served from the cache. Each reports the seconds of the
-``resolve()`` call itself (imports excluded) and of every source.
+``resolve()`` call itself (imports excluded), of every source, and the process's peak RSS
+(VmHWM, MiB; imports included).
 
     python tools/bench_resolve.py [VMCORE ...] [--repeat N] [--json]
 """
@@ -28,7 +29,10 @@ t = time.perf_counter()
 result = resolve(dump, ResolveOptions(cache_dir=sys.argv[2]))
 seconds = time.perf_counter() - t
 btf = [s for s in result.sources if s.name == "btf" and s.status == "used"]
+with open("/proc/self/status") as f:
+    hwm = [int(line.split()[1]) for line in f if line.startswith("VmHWM:")]
 print(json.dumps({"seconds": seconds, "from_cache": result.from_cache, "facts": len(result.layout),
+                  "peak_mib": hwm[0] / 1024 if hwm else None,
                   "sources": {s.name: s.seconds for s in result.sources if s.status == "used"},
                   "btf": btf[0].detail if btf else None}))
 """
@@ -77,16 +81,20 @@ def main() -> int:
             return 1
         rows.append({"vmcore": vmcore, "cold_s": best_cold["seconds"],
                      "cached_s": best_warm["seconds"], "facts": best_cold["facts"],
+                     "cold_peak_mib": max(float(r["peak_mib"] or 0) for r in cold),  # type: ignore[arg-type]
+                     "cached_peak_mib": max(float(r["peak_mib"] or 0) for r in warm),  # type: ignore[arg-type]
                      "sources_s": best_cold["sources"], "btf": best_cold["btf"]})
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()
         return 0
-    print(f"{'vmcore':<58} {'cold s':>7} {'cached ms':>10} {'facts':>6}  per source (cold, s)")
+    print(f"{'vmcore':<58} {'cold s':>7} {'cached ms':>10} {'facts':>6} {'peak MiB':>13}  "
+          "per source (cold, s)")
     for r in rows:
         per = " ".join(f"{k}={v:.2f}" for k, v in r["sources_s"].items())  # type: ignore[attr-defined]
+        peak = f"{r['cold_peak_mib']:.0f}/{r['cached_peak_mib']:.0f}"
         print(f"{str(r['vmcore'])[-58:]:<58} {r['cold_s']:>7.2f} "
-              f"{1000 * float(r['cached_s']):>10.1f} {r['facts']:>6}  {per}")
+              f"{1000 * float(r['cached_s']):>10.1f} {r['facts']:>6} {peak:>13}  {per}")
     return 0
 
 
