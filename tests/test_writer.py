@@ -1019,6 +1019,130 @@ def test_split_round_trip(fixture: Fixture, outdir: Path, tmp_path: Path) -> Non
             prog.read(int(d0.dumped_pfns()[10]) * PS, PS, True)
 
 
+# --------------------------------------------------------------------------------------------
+# --reassemble
+
+
+def test_reassemble_equals_single_file(fixture: Fixture, outdir: Path, tmp_path: Path) -> None:
+    """kdlayout dump --reassemble of our 3-file LZO -d 31 set (given out of order) is
+    byte-identical to the single-file dump (same header time), mode 0600, read by makedumpfile
+    --dump-dmesg and crash; on makedumpfile's own --split set it writes exactly what makedumpfile
+    --reassemble writes."""
+    if fixture.name not in _SPLIT_FIXTURES:
+        pytest.skip(f"split sets are checked on {', '.join(_SPLIT_FIXTURES)}")
+    from kdlayout.writer import write_split_files
+    if not _have("lzo"):
+        pytest.skip("python module for lzo missing")
+    single = _written(fixture, "lzo", 31, outdir)
+    src_path = fixture.path("vmcore")
+    assert src_path is not None
+    parts = [tmp_path / f"split{i}.kdump" for i in range(3)]
+    with open_dump(src_path) as dump:
+        write_split_files(dump, _bitmaps(dump, 31), [str(p) for p in parts],
+                          WriteOptions(compression=codecs.DUMP_DH_COMPRESSED_LZO,
+                                       timestamp=FIXED_TIME))
+    out = tmp_path / "joined.kdump"
+    r = _cli("--reassemble", "--message-level", "0", str(parts[2]), str(parts[0]),
+             str(parts[1]), str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == single.read_bytes()
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name, *(p.name for p in parts)])
+    if os.access(MAKEDUMPFILE, os.X_OK):
+        r2 = _makedumpfile_ok(["--dump-dmesg", str(out), str(tmp_path / "dmesg.txt")])
+        assert r2.returncode == 0, r2.stdout + r2.stderr
+        assert f"Linux version {fixture.release}" in (tmp_path / "dmesg.txt").read_text()
+        md_parts = [tmp_path / f"md{i}" for i in range(3)]
+        r2 = _makedumpfile_ok(["--split", "-l", "-d", "31", str(src_path), *map(str, md_parts)])
+        assert r2.returncode == 0, r2.stdout + r2.stderr
+        r2 = _makedumpfile_ok(["--reassemble", *map(str, md_parts), str(tmp_path / "md.kdump")])
+        assert r2.returncode == 0, r2.stdout + r2.stderr
+        r = _cli("--reassemble", "--message-level", "0", *map(str, md_parts[::-1]),
+                 str(tmp_path / "ours.kdump"))
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "ours.kdump").read_bytes() == (tmp_path / "md.kdump").read_bytes()
+    vmlinux = fixture.path("vmlinux_dbg")
+    if CRASH is not None and vmlinux is not None and fixture.release.startswith(("5.10.", "6.1.")):
+        c = subprocess.run([CRASH, "-s", str(vmlinux), str(out)], input="sys\nlog\nq\n",
+                           capture_output=True, text=True, timeout=600)
+        both = c.stdout + c.stderr
+        assert f"RELEASE: {fixture.release}" in both, both[-2000:]
+        assert f"Linux version {fixture.release}" in both
+
+
+def _synth_split(tmp_path: Path, n: int = 2) -> tuple[Path, list[Path]]:
+    from kdlayout.writer import write_split_files
+    src = _synth(tmp_path)
+    parts = [tmp_path / f"part{i}" for i in range(n)]
+    with open_dump(src) as d:
+        write_split_files(d, level0_bitmaps(d, 1), [str(p) for p in parts],
+                          WriteOptions(chunk_pages=8, timestamp=FIXED_TIME))
+    return src, parts
+
+
+def test_reassemble_synthetic_and_refusals(tmp_path: Path) -> None:
+    """A synthetic set joined equals the single-file dump; bad sets and command lines are
+    refused with one line, exit 2 and no file left (not even a temporary one)."""
+    src, parts = _synth_split(tmp_path)
+    single = tmp_path / "single.kdump"
+    with open_dump(src) as d:
+        write_dump_file(d, level0_bitmaps(d, 1), str(single),
+                        WriteOptions(chunk_pages=8, timestamp=FIXED_TIME))
+    out = tmp_path / "joined.kdump"
+    r = _cli("--reassemble", "--show-stats", "--message-level", "0", *map(str, parts), str(out))
+    assert r.returncode == 0, r.stderr
+    assert b"Zero pages sharing one page : 2" in r.stderr
+    assert out.read_bytes() == single.read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_parts = _synth_split(other, 3)
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    for args, msg in (
+            ([*map(str, parts), str(out)], b"exists"),                      # no -f
+            ([*map(str, parts), str(parts[0])], b"input"),
+            ([str(parts[0]), str(tmp_path / "x")], b"pfns"),                # a file missing
+            ([str(parts[0]), str(parts[0]), str(tmp_path / "x")], b"twice"),
+            ([str(parts[0]), str(other_parts[1]), str(tmp_path / "x")], b"pfns"),
+            ([str(single), str(parts[1]), str(tmp_path / "x")], b"split"),  # not a split file
+            ([str(src), str(parts[1]), str(tmp_path / "x")], b"synth.core"),
+            (["--dry-run", *map(str, parts), str(tmp_path / "x")], b"--dry-run"),
+            (["-c", *map(str, parts), str(tmp_path / "x")], b"-c"),
+            (["-d", "31", *map(str, parts), str(tmp_path / "x")], b"-d"),
+            ([str(parts[0])], b"needs")):
+        r = _cli("--reassemble", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.count(b"\n") == 1 and msg in r.stderr, (args, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
+    r = _cli("--reassemble", "-f", "--message-level", "0", *map(str, parts), str(out))
+    assert r.returncode == 0, r.stderr
+
+
+def test_reassemble_incomplete_set(tmp_path: Path) -> None:
+    """An input flagged incomplete (descriptors never filled) gives an output carrying the
+    flag, those descriptors empty, the other pages read back; exit 2."""
+    src, parts = _synth_split(tmp_path)
+    with open_dump(parts[1]) as d:
+        assert isinstance(d, DiskDump)
+        last = int(d.dumped_pfns()[-1])
+        desc_at = d.desc_offset + (d.num_dumpable - 1) * 24
+    raw = bytearray(parts[1].read_bytes())
+    status = int.from_bytes(raw[424:428], "little") | codecs.DUMP_DH_COMPRESSED_INCOMPLETE
+    raw[424:428] = status.to_bytes(4, "little")
+    raw[desc_at:desc_at + 24] = bytes(24)
+    parts[1].write_bytes(raw)
+    out = tmp_path / "joined.kdump"
+    r = _cli("--reassemble", "--message-level", "0", *map(str, parts), str(out))
+    assert r.returncode == 2 and b"incomplete" in r.stderr, r.stderr
+    with open_dump(out) as j, open_dump(src) as s:
+        assert isinstance(j, DiskDump) and j.incomplete
+        k = int(j.desc_index(np.array([last]))[0])
+        assert j.descriptors(k, 1)["size"][0] == 0
+        for pfn in j.dumped_pfns().tolist():
+            if pfn != last and s.contains(pfn * PS, PS):
+                assert j.read_page(pfn) == s.read(pfn * PS, PS)
+
+
 def test_split_enospc(small_tmpfs: Path) -> None:
     """A split set that fills the device: exit 2, files written before it complete, the file
     being written kept with the incomplete flag, later files there without pages (flagged),

@@ -5,7 +5,8 @@ as kdump-tools runs it): ``-d`` dump level, ``-c/-l/-p/-z`` page compression (no
 raw), ``-F`` flattened format on stdout, ``--num-threads``, ``-x`` vmlinux, ``-i`` VMCOREINFO file,
 ``--message-level``, ``-E`` (ELF output, uncompressed), ``--split`` (a set of files by pfn
 range), ``--check-params``, ``--dry-run`` (everything but the output: no file, not even a
-temporary one), ``--show-stats`` (the page report, message bit 16), ``-D``; ``-b``,
+temporary one), ``--show-stats`` (the page report, message bit 16), ``--reassemble`` (a split
+set joined into one file, see :mod:`kdlayout.splitset`), ``-D``; ``-b``,
 ``--cyclic-buffer``, ``--non-cyclic``, ``--splitblock-size`` and ``--work-dir`` are accepted and checked but tune only makedumpfile's
 internals (no effect here); ``--dump-dmesg`` (the crashed kernel's log
 to DUMPFILE instead of a dump, see ``kdlayout.commands.dmesg``).
@@ -28,6 +29,7 @@ from ..dumpfile import open_dump
 from ..errors import KdlayoutError
 from ..physmem import PhysicalMemory
 from ..resolver import resolve
+from ..splitset import reassemble_split
 from ..writer import (
     CODEC_FLAGS,
     DEFAULT_THREADS,
@@ -97,6 +99,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="do everything but write: no DUMPFILE (nor a temporary file) is "
                         "created; the report still says how big it would be")
+    p.add_argument("--reassemble", action="store_true",
+                   help="join a --split set: kdlayout dump --reassemble DUMPFILE1 DUMPFILE2 ... "
+                        "DUMPFILE (the files in any order; DUMPFILE is written)")
     p.add_argument("--show-stats", action="store_true",
                    help="print the page report (same as message level bit 16)")
     p.add_argument("-D", dest="debug", action="store_true",
@@ -170,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
         args.message_level |= ML_REPORT
     if args.dry_run and args.dump_dmesg:
         raise KdlayoutError("--dry-run cannot be used with --dump-dmesg")
+    if args.reassemble:
+        return run_reassemble(args)
     if args.dump_dmesg:
         return run_dump_dmesg(args)
     if args.elf and args.codec:
@@ -334,6 +341,41 @@ def count_bits(packed: np.ndarray) -> int:
     for lo in range(0, packed.size, _COUNT_STEP):
         total += int(_POPCOUNT[packed[lo:lo + _COUNT_STEP]].sum(dtype=np.int64))
     return total
+
+
+def run_reassemble(args: argparse.Namespace) -> int:
+    """``kdlayout dump --reassemble DUMPFILE1 DUMPFILE2 ... DUMPFILE`` (makedumpfile's)."""
+    if args.dry_run:
+        raise KdlayoutError("--dry-run cannot be used with --reassemble")
+    for given, name in ((args.codec, "-c/-l/-p/-z"), (args.dump_level, "-d"),
+                        (args.elf, "-E"), (args.flatten, "-F"), (args.split, "--split"),
+                        (args.dump_dmesg, "--dump-dmesg"), (args.vmlinux, "-x"),
+                        (args.vmcoreinfo, "-i")):
+        if given:
+            raise KdlayoutError(f"--reassemble copies the set's pages as stored: give no {name}")
+    names = [args.vmcore, *([args.dumpfile] if args.dumpfile is not None else []),
+             *args.more_dumpfiles]
+    if len(names) < 2:
+        raise KdlayoutError("--reassemble needs the files of a split set and DUMPFILE")
+    check_compat_options(args)
+    if args.check_params:
+        if args.message_level & ML_COMMON:
+            sys.stderr.write("Commandline parameter is valid.\n")
+        return 0
+    t0 = time.perf_counter()
+    res = reassemble_split(names[:-1], names[-1], overwrite=args.force)
+    if args.message_level & ML_REPORT:
+        sys.stderr.write(f"\nPages           : {res.pages}\n"
+                         f"  Zero pages sharing one page : {res.zero_pages}\n"
+                         f"Write bytes     : {res.size}\n")
+    if args.message_level & ML_COMMON:
+        sys.stderr.write(f"\nThe dumpfile is saved to {names[-1]}.\n\n"
+                         f"kdlayout dump completed in {time.perf_counter() - t0:.1f} s.\n")
+    if res.incomplete:
+        raise IncompleteDumpError(
+            f"incomplete split set: {res.pages - res.unfilled} of {res.pages} pages saved; the "
+            "header carries DUMP_DH_COMPRESSED_INCOMPLETE", path=names[-1])
+    return 0
 
 
 def print_report(bm: PageBitmaps, res: WriteResult) -> None:
