@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +182,43 @@ def test_vmcoreinfo_offsets_agree_with_dwarf(fixture: Any) -> None:
         assert drgn.offsetof(tp, member) == res.value, key
         checked += 1
     assert checked >= 20
+
+
+#: Peak RSS allowed for a cold resolve, imports included: under the 80 MB (76 MiB) that a whole
+#: ``kdlayout dump`` may take in a kdump capture kernel, where the layout cache is always cold.
+COLD_RESOLVE_PEAK_KIB = 76 << 10
+#: What a cold resolve may leave resident for the scan and write that follow (modules it imports,
+#: the layout): the decoded kallsyms and BTF, freed heap and mapped dump pages must not stay.
+COLD_RESOLVE_LEFT_KIB = 16 << 10
+
+_RSS_CHILD = r"""
+import json, sys
+from kdlayout.dumpfile import open_dump
+from kdlayout.resolver import ResolveOptions, resolve
+
+def status():
+    with open("/proc/self/status") as f:
+        return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f)
+                if k in ("VmHWM", "VmRSS")}
+
+with open_dump(sys.argv[1]) as dump:
+    before = status()
+    resolve(dump, ResolveOptions(use_cache=False))
+    after = status()
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+def test_cold_resolve_peak_rss(fixture: Any) -> None:
+    """A cold resolve of the kdump vmcore, in a fresh process, peaks under
+    :data:`COLD_RESOLVE_PEAK_KIB` and leaves at most :data:`COLD_RESOLVE_LEFT_KIB` more resident
+    than before it (docs/resolver.md, "Memory of a cold resolve")."""
+    core = fixture.path("vmcore")
+    if core is None:
+        pytest.skip(f"{fixture.name} has no kdump vmcore")
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(core)], check=True,
+                         capture_output=True, text=True)
+    got = json.loads(out.stdout)
+    peak, left = got["after"]["VmHWM"], got["after"]["VmRSS"] - got["before"]["VmRSS"]
+    assert peak < COLD_RESOLVE_PEAK_KIB, f"cold resolve peak {peak} KiB"
+    assert left < COLD_RESOLVE_LEFT_KIB, f"cold resolve left {left} KiB resident"
