@@ -351,6 +351,123 @@ def test_records_format_equals_makedumpfile(tmp_path: Path) -> None:
     assert format_makedumpfile(log) == makedumpfile_dmesg(core, tmp_path)
 
 
+# --------------------------------------------------------------------------------------------
+# --partial-dmesg
+
+
+def makedumpfile_partial(core: Path, tmp: Path) -> bytes:
+    """``makedumpfile --dump-dmesg --partial-dmesg core OUT``, run now; its OUT."""
+    out = tmp / f"mdf-partial-{core.name}-{time.monotonic_ns()}.txt"
+    r = subprocess.run([*_makedumpfile_cmd(), "--dump-dmesg", "--partial-dmesg", str(core),
+                        str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"makedumpfile failed on {core}: {r.stdout}{r.stderr}"
+    return out.read_bytes()
+
+
+def test_partial_dmesg_fixtures_equal_makedumpfile(fixture: Fixture, tmp_path: Path) -> None:
+    """On the fixtures (logs never cleared: clear_seq at or before the oldest record) the
+    partial log is the whole log, and makedumpfile 1.7.2 --partial-dmesg writes the same."""
+    src = fixture.path("vmcore")
+    if src is None:
+        pytest.skip(f"{fixture.name}: no vmcore")
+    with open_dump(src) as dump:
+        layout = resolve(dump).layout
+        full = read_log(dump, layout)
+        part = read_log(dump, layout, partial=True)
+    assert layout.has("SYMBOL(clear_seq)")
+    assert part.records == full.records and not part.warnings
+    assert format_makedumpfile(part) == makedumpfile_partial(src, tmp_path)
+
+
+CLEAR_SEQ = 0x300          # where the synthetic cores keep clear_seq / clear_idx
+
+
+def _partial_ring(latched: bool, clear: int) -> tuple[bytearray, str]:
+    recs = [SynthRecord(b"line %d" % i, 1000 * i) for i in range(6)]
+    seg = Ring(records=recs).build()                     # ids and seqs 0x40..0x45
+    extra = f"SYMBOL(clear_seq)={0xFFFFFFFF81000000 + CLEAR_SEQ:x}\n"
+    if latched:                # struct latched_seq {seqcount_latch_t latch; u64 val[2];}
+        struct.pack_into("<IxxxxQQ", seg, CLEAR_SEQ, 7, 0x41, clear)   # odd: val[1] counts
+        extra += "SIZE(latched_seq)=24\nOFFSET(latched_seq.val)=8\n"
+    else:
+        struct.pack_into("<Q", seg, CLEAR_SEQ, clear)
+    return seg, vmcoreinfo_text(extra)
+
+
+@pytest.mark.parametrize("latched", [False, True], ids=["u64", "latched_seq"])
+def test_partial_dmesg_lockless_synthetic(tmp_path: Path, latched: bool) -> None:
+    """clear_seq in the middle of the ring (a plain u64 as in 5.10-5.12, a latched_seq as
+    since 5.13): only the records from that seq on; makedumpfile 1.7.2 agrees. Without the
+    symbol: the whole log and a warning."""
+    seg, info = _partial_ring(latched, 0x43)
+    core = synth_core(tmp_path, seg, info)
+    with ElfCore.open(core) as dump:
+        layout = synth_layout(dump)
+        part = read_log(dump, layout, partial=True)
+        full = read_log(dump, layout)
+    assert [r.text for r in part.records] == [b"line 3", b"line 4", b"line 5"]
+    assert len(full.records) == 6 and not part.warnings
+    assert format_makedumpfile(part) == makedumpfile_partial(core, tmp_path)
+    # cleared before the oldest record still in the ring: everything
+    seg, info = _partial_ring(latched, 0x10)
+    core = synth_core(tmp_path, seg, info, "old.core")
+    assert len(synth_log_partial(core).records) == 6
+    # cleared after the newest: nothing (the kernel's READ_ALL returns nothing either)
+    seg, info = _partial_ring(latched, 0x46)
+    core = synth_core(tmp_path, seg, info, "new.core")
+    assert synth_log_partial(core).records == []
+    core = synth_core(tmp_path, Ring(records=_records()).build(), vmcoreinfo_text(), "no.core")
+    log = synth_log_partial(core)
+    assert len(log.records) == len(_records()) and "clear_seq" in log.warnings[0]
+
+
+def synth_log_partial(path: Path) -> PrintkLog:
+    with ElfCore.open(path) as dump:
+        return read_log(dump, synth_layout(dump), partial=True)
+
+
+def test_partial_dmesg_records_synthetic(tmp_path: Path) -> None:
+    """3.5-5.9: the walk starts at clear_idx (the third record, after the wrap marker's
+    neighbour); makedumpfile 1.7.2 agrees. With clear_seq and log_first_seq in the layout and
+    clear_seq behind, the kernel's rule applies: from log_first_idx."""
+    recs = [printk_log_record(b"rec %d" % i, 1000 * i) for i in range(4)]
+    seg, _ = records_segment(recs, first=0x300, wrap_at=2)
+    clear_idx = 0                       # the third record, at the buffer start after the wrap
+    struct.pack_into("<I", seg, 0x128, clear_idx)
+    info = records_vmcoreinfo().replace(
+        f"SYMBOL(clear_idx)={0xFFFFFFFF81000000 + 0x110:x}",
+        f"SYMBOL(clear_idx)={0xFFFFFFFF81000000 + 0x128:x}")
+    assert f"SYMBOL(clear_idx)={0xFFFFFFFF81000128:x}" in info
+    core = synth_core(tmp_path, seg, info)
+    log = synth_log_partial(core)
+    assert [r.text for r in log.records] == [b"rec 2", b"rec 3"]
+    assert format_makedumpfile(log) == makedumpfile_partial(core, tmp_path)
+    assert len(synth_log(core).records) == 4
+    struct.pack_into("<QQ", seg, 0x130, 5, 9)          # clear_seq 5 < log_first_seq 9
+    seqs = (f"SYMBOL(clear_seq)={0xFFFFFFFF81000130:x}\n"
+            f"SYMBOL(log_first_seq)={0xFFFFFFFF81000138:x}\n")
+    core = synth_core(tmp_path, seg, info + seqs, "stale.core")
+    assert len(synth_log_partial(core).records) == 4
+    struct.pack_into("<QQ", seg, 0x130, 11, 9)         # clear_seq 11 >= 9: clear_idx holds
+    core = synth_core(tmp_path, seg, info + seqs, "fresh.core")
+    assert len(synth_log_partial(core).records) == 2
+
+
+def test_partial_dmesg_cli(tmp_path: Path) -> None:
+    """``--partial-dmesg`` through both commands; refused without --dump-dmesg, as makedumpfile
+    does."""
+    seg, info = _partial_ring(True, 0x44)
+    core = synth_core(tmp_path, seg, info)
+    out = tmp_path / "d.txt"
+    assert main(["dump", "--dump-dmesg", "--partial-dmesg", "--message-level", "0", str(core),
+                 str(out)]) == 0
+    assert out.read_bytes().splitlines() == [b"[    0.000004] line 4", b"[    0.000005] line 5"]
+    assert main(["dmesg", "--partial-dmesg", str(core), str(tmp_path / "e.txt")]) == 0
+    assert (tmp_path / "e.txt").read_bytes() == out.read_bytes()
+    assert main(["dump", "--partial-dmesg", str(core), str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("count", [10, 40], ids=["not-wrapped", "wrapped"])
 def test_plain_format_equals_makedumpfile(tmp_path: Path, count: int) -> None:
     """Pre-3.5 character ring (SYMBOL(log_end)): written as it is, oldest character first."""

@@ -208,8 +208,16 @@ def detect_format(layout: Layout) -> LogFormat:
                            "SYMBOL(log_buf) with SYMBOL(log_first_idx) or SYMBOL(log_end)")
 
 
-def read_log(mem: PhysicalMemory, layout: Layout) -> PrintkLog:
-    """Read the crashed kernel's log from ``mem`` using the resolved ``layout``."""
+def read_log(mem: PhysicalMemory, layout: Layout, *, partial: bool = False) -> PrintkLog:
+    """Read the crashed kernel's log from ``mem`` using the resolved ``layout``.
+
+    ``partial`` (makedumpfile's ``--partial-dmesg``): only the records since the log was last
+    cleared (``dmesg -c``/``-C``, syslog ``SYSLOG_ACTION_CLEAR``), as the kernel's
+    ``SYSLOG_ACTION_READ_ALL`` reads them: 5.10+ the records whose ``seq`` is at least
+    ``clear_seq`` (a ``struct latched_seq`` since 5.13: the value of the copy its sequence
+    selects); 3.5-5.9 the records from ``clear_idx`` on. Without the symbol the whole log is
+    read with a warning; a pre-3.5 log has no record of clearing (whole log, a warning).
+    """
     try:
         fmt = detect_format(layout)
     except MissingDataError as exc:
@@ -217,10 +225,45 @@ def read_log(mem: PhysicalMemory, layout: Layout) -> PrintkLog:
     kmem = KernelMemory(mem, layout)
     facts = _Facts(layout, mem.info.path)
     if fmt is LogFormat.LOCKLESS:
-        return _read_lockless(kmem, facts)
+        log = _read_lockless(kmem, facts)
+        if partial:
+            _since_clear_seq(log, kmem, facts)
+        return log
     if fmt is LogFormat.RECORDS:
-        return _read_records(kmem, facts)
-    return _read_plain(kmem, facts)
+        return _read_records(kmem, facts, partial=partial)
+    log = _read_plain(kmem, facts)
+    if partial:
+        log.warnings.append("--partial-dmesg: a pre-3.5 log buffer keeps no mark of the last "
+                            "clearing; the whole log is written")
+    return log
+
+
+def clear_seq(kmem: KernelMemory, facts: _Facts) -> int | None:
+    """The crashed kernel's ``clear_seq`` (5.10+), None if the layout has no SYMBOL for it.
+
+    Since 5.13 (Linux kernel commit 7d7a23a91c91, "printk: use seqcount_latch for clear_seq",
+    as makedumpfile's commit bccc39c cites it; bookworm's 6.1 has it, bullseye's 5.10 not) a ``struct latched_seq {seqcount_latch_t latch; u64 val[2];}``: the value is
+    ``val[latch.sequence & 1]``, as ``latched_seq_read_nolock()`` reads it (VMCOREINFO
+    exports ``SIZE(latched_seq)`` and ``OFFSET(latched_seq.val)`` then); before, a plain u64.
+    """
+    sym = facts.opt("SYMBOL(clear_seq)")
+    if sym is None:
+        return None
+    first = kmem.u64(sym, "printk log: clear_seq")
+    o_val = facts.opt("OFFSET(latched_seq.val)")
+    if facts.opt("SIZE(latched_seq)") is None or o_val is None:
+        return first
+    return kmem.u64(sym + o_val + 8 * (first & 1), "printk log: clear_seq.val")
+
+
+def _since_clear_seq(log: PrintkLog, kmem: KernelMemory, facts: _Facts) -> None:
+    """Keep the records of ``log`` (5.10+) whose seq is at least ``clear_seq``."""
+    seq = clear_seq(kmem, facts)
+    if seq is None:
+        log.warnings.append("--partial-dmesg: the layout has no SYMBOL(clear_seq); the whole "
+                            "log is written")
+        return
+    log.records = [r for r in log.records if r.seq is not None and r.seq >= seq]
 
 
 # ---- 5.10+: the lockless ring buffer -----------------------------------------------------------
@@ -466,7 +509,7 @@ _SKIP_TEXT = {
 # ---- 3.5-5.9: variable-length records in log_buf ----------------------------------------------
 
 
-def _read_records(kmem: KernelMemory, facts: _Facts) -> PrintkLog:
+def _read_records(kmem: KernelMemory, facts: _Facts, *, partial: bool = False) -> PrintkLog:
     log = PrintkLog(LogFormat.RECORDS)
     path = kmem.path
     # "struct log" was renamed "struct printk_log" in 3.11; VMCOREINFO names follow the struct.
@@ -481,12 +524,31 @@ def _read_records(kmem: KernelMemory, facts: _Facts) -> PrintkLog:
     buf_len = kmem.u32(facts.req("SYMBOL(log_buf_len)"), "printk log: log_buf_len")
     first = kmem.u32(facts.req("SYMBOL(log_first_idx)"), "printk log: log_first_idx")
     last = kmem.u32(facts.req("SYMBOL(log_next_idx)"), "printk log: log_next_idx")
+    first_name = "log_first_idx"
+    if partial:
+        # makedumpfile's --partial-dmesg: the walk starts at clear_idx (syslog_print_all()
+        # starts there unless clear_seq fell behind log_first_seq, the records it marked
+        # overwritten; VMCOREINFO exports neither seq, so that case is taken when the layout
+        # has both symbols from another source)
+        clear_sym = facts.opt("SYMBOL(clear_idx)")
+        if clear_sym is None:
+            log.warnings.append("--partial-dmesg: the layout has no SYMBOL(clear_idx); the "
+                                "whole log is written")
+        else:
+            stale = False
+            seq_syms = (facts.opt("SYMBOL(clear_seq)"), facts.opt("SYMBOL(log_first_seq)"))
+            if seq_syms[0] is not None and seq_syms[1] is not None:
+                stale = (kmem.u64(seq_syms[0], "printk log: clear_seq")
+                         < kmem.u64(seq_syms[1], "printk log: log_first_seq"))
+            if not stale:
+                first = kmem.u32(clear_sym, "printk log: clear_idx")
+                first_name = "clear_idx"
     where = f"log_buf at {buf_addr:#x}"
     if not hdr <= buf_len <= LOG_BUF_LEN_MAX:
         raise CorruptError(f"printk log: log_buf_len={buf_len} is not in {hdr}..{LOG_BUF_LEN_MAX}",
                            path=path)
     if first > buf_len - hdr or last > buf_len - hdr:
-        raise CorruptError(f"printk log: {where}: log_first_idx={first} or log_next_idx={last} "
+        raise CorruptError(f"printk log: {where}: {first_name}={first} or log_next_idx={last} "
                            f"lies beyond log_buf_len={buf_len}", path=path)
     buf = memoryview(kmem.read(buf_addr, buf_len, "printk log: log_buf"))
 
@@ -527,7 +589,7 @@ def _read_records(kmem: KernelMemory, facts: _Facts) -> PrintkLog:
         pos = nxt
     if pos != last and log.complete:
         log.complete = False
-        log.warnings.append(f"printk log: {where}: the record chain from log_first_idx "
+        log.warnings.append(f"printk log: {where}: the record chain from {first_name} "
                             f"{first:#x} does not reach log_next_idx {last:#x} (a cycle); the "
                             f"log is cut after {len(log.records)} records")
     return log

@@ -45,18 +45,23 @@ def add_dmesg_arguments(p: argparse.ArgumentParser) -> None:
                    help="print each record's caller ([      T<pid>] or [      C<cpu>]) after "
                         "the timestamp, as makedumpfile 1.7.5 and later do (1.7.2, Debian "
                         "bookworm's, does not)")
+    p.add_argument("--partial-dmesg", action="store_true",
+                   help="only the records since the log was last cleared (dmesg -c), as "
+                        "makedumpfile --partial-dmesg")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``kdlayout dmesg``; returns the exit status."""
     dump_dmesg(args.vmcore, args.out, resolve_options(args), caller_id=args.caller_id,
-               overwrite=args.force)
+               overwrite=args.force, partial=args.partial_dmesg)
     return 0
 
 
 def dump_dmesg(vmcore: str, out: str | None, options: ResolveOptions, *,
-               caller_id: bool = False, overwrite: bool = False) -> PrintkLog:
-    """Read the log of ``vmcore`` and write its text to ``out`` (``None``: stdout).
+               caller_id: bool = False, overwrite: bool = False,
+               partial: bool = False) -> PrintkLog:
+    """Read the log of ``vmcore`` and write its text to ``out`` (``None``: stdout);
+    ``partial``: only the records since the log was last cleared (``--partial-dmesg``).
 
     Warnings (inconsistent records skipped) go to stderr. A log cut short by corruption is still
     written, then reported as an error (exit 2), as makedumpfile does.
@@ -65,7 +70,7 @@ def dump_dmesg(vmcore: str, out: str | None, options: ResolveOptions, *,
         _check_target(vmcore, out, overwrite)
     with open_dump(vmcore) as dump:
         layout = resolve(dump, options).layout
-        log = read_log(dump, layout)
+        log = read_log(dump, layout, partial=partial)
     pieces = iter_makedumpfile(log, caller_id=caller_id)
     if out is None:
         stream = sys.stdout.buffer

@@ -175,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
         args.message_level |= ML_REPORT
     if args.dry_run and args.dump_dmesg:
         raise KdlayoutError("--dry-run cannot be used with --dump-dmesg")
+    if args.partial_dmesg and not args.dump_dmesg:
+        raise KdlayoutError("--partial-dmesg needs --dump-dmesg")
     if args.reassemble:
         return run_reassemble(args)
     if args.dump_dmesg:
@@ -322,7 +324,7 @@ def run_dump_dmesg(args: argparse.Namespace) -> int:
     if args.dumpfile is None:
         raise KdlayoutError("--dump-dmesg needs DMESGFILE")
     dump_dmesg(args.vmcore, str(args.dumpfile), resolve_options(args),
-               caller_id=args.caller_id, overwrite=args.force)
+               caller_id=args.caller_id, overwrite=args.force, partial=args.partial_dmesg)
     if args.message_level & ML_COMMON:
         sys.stderr.write(f"\nThe dmesg log is saved to {args.dumpfile}.\n")
     return 0
