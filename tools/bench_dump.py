@@ -13,7 +13,9 @@ makedumpfile ratios (median of ``--repeat`` runs).
 
 Usage: python tools/bench_dump.py [VMCORE] [--level 31] [--codecs c,l,z,p] [--threads N]
                                   [--mdf-threads M] [--repeat N] [--makedumpfile PATH]
-                                  [--outdir DIR] [--json]
+                                  [--outdir DIR] [--json] [--no-cache]
+``--no-cache``: kdlayout resolves the layout afresh in every run (a cold resolve, as in a kdump
+capture kernel), so its peak memory is measured too.
 Default VMCORE: the largest fixture vmcore. Without ``--threads`` kdlayout picks its per-codec
 default; ``--mdf-threads 0`` leaves out the threaded makedumpfile run (default 2).
 
@@ -202,6 +204,8 @@ def main() -> int:
     ap.add_argument("--makedumpfile", default="/usr/bin/makedumpfile")
     ap.add_argument("--outdir", help="where the outputs go (default: a temporary directory)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="kdlayout resolves the layout afresh in every run (no layout cache)")
     ap.add_argument("--rss-sizes", help="GiB list: kdlayout alone on sparse synthetic cores")
     args = ap.parse_args()
     if args.rss_sizes:
@@ -224,6 +228,8 @@ def main() -> int:
     import kdlayout
     compileall.compile_dir(str(Path(kdlayout.__file__).parent), quiet=1)
     kd = [sys.executable, "-m", "kdlayout.cli", "dump"]
+    if args.no_cache:       # a cold resolve every run, as in a kdump capture kernel
+        kd.append("--no-cache")
     mdf_variants: list[tuple[str, list[str]]] = [("makedumpfile", [])]
     if args.mdf_threads > 0:
         mdf_variants.append((f"makedumpfile_t{args.mdf_threads}",
