@@ -144,6 +144,44 @@ def test_names_running_off_the_table_names_the_address() -> None:
     assert "runs off" in msg and "0xffffffff81" in msg and "\n" not in msg
 
 
+def _overrun_reference(buf: bytes, num_syms: int, big: bool) -> tuple[int, int] | None:
+    """(symbol, position) where a plain step-by-step walk runs off ``buf``, or None."""
+    pos = 0
+    for i in range(num_syms):
+        if pos >= len(buf):
+            return i, pos
+        n = buf[pos]
+        pos += 1
+        if big and n & 0x80:
+            if pos >= len(buf):
+                return i, pos
+            n = (n & 0x7F) | (buf[pos] << 7)
+            pos += 1
+        pos += n
+    return None
+
+
+@pytest.mark.parametrize("big", [True, False])
+def test_overrun_names_the_symbol_a_plain_walk_would(big: bool) -> None:
+    """The guarded re-walk after a failed walk reports the same symbol and address as walking
+    one record at a time, for tables cut at every length and for random length bytes."""
+    rng = np.random.default_rng(5)
+    records = [("T", "x" * int(k)) for k in rng.integers(1, 300, 40)]
+    whole = _names(records, big=True)
+    cases = [whole[:cut] for cut in range(1, len(whole), 7)]
+    cases += [bytes(rng.integers(0, 256, int(n), dtype=np.uint8)) for n in rng.integers(2, 600, 60)]
+    for data in cases:
+        want = _overrun_reference(data, min(40, len(data) // 2), big)
+        if want is None:
+            continue
+        with pytest.raises(CorruptError) as err:
+            split_names(data, min(40, len(data) // 2), big=big, source=SRC, names_addr=0x1000)
+        if "runs off" not in str(err.value):
+            continue  # a zero length is found first by the vectorised checks: also an error
+        assert f"symbol {want[0]} runs off" in str(err.value)
+        assert err.value.offset == 0x1000 + min(want[1], len(data))
+
+
 def test_huge_num_syms_is_rejected_quickly() -> None:
     data = _names([("T", "a")] * 10)
     for n in (1 << 30, 1 << 22, 1000):
