@@ -43,7 +43,7 @@ from . import codecs
 from .diskdump import PAGE_DESC_SIZE, SUB_HEADER_SIZE, DiskDump
 from .diskdump_write import FileSink, OutOfSpace
 from .errors import KdlayoutError
-from .writer import fsync_dir, publish_file, same_file, temp_file_for
+from .writer import check_outputs, fsync_dir, publish_file, same_file, temp_file_for
 
 #: Descriptors handled per step (and written per batch).
 _DESC_STEP: Final = 1 << 14
@@ -179,12 +179,9 @@ def reassemble_split(inputs: list[str], output: str, *,
     if not inputs:
         raise KdlayoutError("--reassemble needs the files of a split set and DUMPFILE")
     for i, path in enumerate(inputs):
-        if same_file(path, output):
-            raise KdlayoutError("refusing to overwrite an input of the set", path=output)
         if any(same_file(p, path) for p in inputs[:i]):
             raise KdlayoutError("file given twice", path=path)
-    if not overwrite and os.path.lexists(output):
-        raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=output)
+    check_outputs(inputs, [output], overwrite=overwrite)
     with contextlib.ExitStack() as stack:
         parts = []
         for path in inputs:

@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple, Protocol
@@ -794,6 +794,20 @@ def same_file(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def check_outputs(inputs: Sequence[str], outputs: Sequence[str], *, overwrite: bool) -> None:
+    """The writer's refusals for output files, before anything is read or written: an output
+    that is one of the ``inputs`` (the dump, or the files of a split set; also through a
+    symlink or hard link), a name given twice, and an existing file unless ``overwrite``
+    (makedumpfile's ``-f``)."""
+    for i, path in enumerate(outputs):
+        if any(same_file(src, path) for src in inputs):
+            raise KdlayoutError("refusing to overwrite the input dump", path=path)
+        if any(same_file(p, path) for p in outputs[:i]):
+            raise KdlayoutError("DUMPFILE given twice", path=path)
+        if not overwrite and os.path.lexists(path):
+            raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=path)
+
+
 def publish_file(tmp: str, path: str, overwrite: bool) -> None:
     """Give the finished temporary file its final name (no clobbering unless ``overwrite``)."""
     if overwrite:
@@ -852,11 +866,7 @@ def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: Writ
     An existing ``path`` is refused unless ``overwrite`` (makedumpfile's ``-f``); without it the
     final name is taken with ``link()``, so a file that appeared meanwhile is not clobbered.
     """
-    src = input_path or dump.info.path
-    if same_file(src, path):
-        raise KdlayoutError("refusing to overwrite the input dump", path=path)
-    if not overwrite and os.path.lexists(path):
-        raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=path)
+    check_outputs([input_path or dump.info.path], [path], overwrite=overwrite)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = temp_file_for(path)
     try:
@@ -975,14 +985,7 @@ def write_split_files(dump: PhysicalMemory, bm: PageBitmaps, paths: list[str],
     """
     if len(paths) < 2:
         raise KdlayoutError("--split needs at least two DUMPFILEs")
-    src = input_path or dump.info.path
-    for i, path in enumerate(paths):
-        if same_file(src, path):
-            raise KdlayoutError("refusing to overwrite the input dump", path=path)
-        if any(same_file(p, path) for p in paths[:i]):
-            raise KdlayoutError("DUMPFILE given twice", path=path)
-        if not overwrite and os.path.lexists(path):
-            raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=path)
+    check_outputs([input_path or dump.info.path], paths, overwrite=overwrite)
     ranges = split_ranges(bm, len(paths))
     # one header for all (makedumpfile --reassemble wants the disk_dump_headers byte-equal)
     opts = replace(opts, timestamp=time.time() if opts.timestamp is None else opts.timestamp)

@@ -18,7 +18,7 @@ from ..dumpfile import open_dump
 from ..errors import KdlayoutError
 from ..printk import PrintkLog, iter_makedumpfile, read_log
 from ..resolver import ResolveOptions, resolve
-from ..writer import fsync_dir, publish_file, same_file, temp_file_for
+from ..writer import check_outputs, fsync_dir, publish_file, temp_file_for
 from .common import add_source_arguments, resolve_options
 
 
@@ -67,7 +67,7 @@ def dump_dmesg(vmcore: str, out: str | None, options: ResolveOptions, *,
     written, then reported as an error (exit 2), as makedumpfile does.
     """
     if out is not None:
-        _check_target(vmcore, out, overwrite)
+        check_outputs([vmcore], [out], overwrite=overwrite)
     with open_dump(vmcore) as dump:
         layout = resolve(dump, options).layout
         log = read_log(dump, layout, partial=partial)
@@ -85,13 +85,6 @@ def dump_dmesg(vmcore: str, out: str | None, options: ResolveOptions, *,
         raise KdlayoutError("the printk log is corrupt; the text written stops at the damage",
                             path=vmcore)
     return log
-
-
-def _check_target(vmcore: str, out: str, overwrite: bool) -> None:
-    if same_file(vmcore, out):
-        raise KdlayoutError("refusing to overwrite the input dump", path=out)
-    if not overwrite and os.path.lexists(out):
-        raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=out)
 
 
 def write_file_atomically(path: str, pieces: Iterable[bytes], *, overwrite: bool = False) -> int:

@@ -37,8 +37,8 @@ from ..writer import (
     PageBitmaps,
     WriteOptions,
     WriteResult,
+    check_outputs,
     level0_bitmaps,
-    same_file,
     scan_bitmaps,
     split_ranges,
     write_dump_file,
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     paths = [] if args.flatten else [str(args.dumpfile), *args.more_dumpfiles]
     if args.dry_run:                 # refused as a real run would refuse them, up front
-        check_targets(args.vmcore, paths, overwrite=args.force)
+        check_outputs([args.vmcore], paths, overwrite=args.force)
     progress = _Progress(bool(ml & ML_PROGRESS))
     t0 = time.perf_counter()
     with open_dump(args.vmcore) as dump:
@@ -262,18 +262,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"\n{saved}.\n\n"
                          f"kdlayout dump completed in {elapsed:.1f} s.\n")
     return 0
-
-
-def check_targets(vmcore: str, paths: list[str], *, overwrite: bool) -> None:
-    """The refusals of the writer for output files (the input, a name given twice, an existing
-    file without ``-f``), for ``--dry-run``, which creates none."""
-    for i, path in enumerate(paths):
-        if same_file(vmcore, path):
-            raise KdlayoutError("refusing to overwrite the input dump", path=path)
-        if any(same_file(p, path) for p in paths[:i]):
-            raise KdlayoutError("DUMPFILE given twice", path=path)
-        if not overwrite and os.path.lexists(path):
-            raise KdlayoutError("file exists; refusing to overwrite it (-f forces)", path=path)
 
 
 def dry_run(dump: PhysicalMemory, bm: PageBitmaps, opts: WriteOptions,
