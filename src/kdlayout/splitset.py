@@ -43,7 +43,7 @@ from . import codecs
 from .diskdump import PAGE_DESC_SIZE, SUB_HEADER_SIZE, DiskDump
 from .diskdump_write import FileSink, OutOfSpace
 from .errors import KdlayoutError
-from .writer import check_outputs, fsync_dir, publish_file, same_file, temp_file_for
+from .writer import atomic_output, check_outputs, same_file
 
 #: Descriptors handled per step (and written per batch).
 _DESC_STEP: Final = 1 << 14
@@ -189,23 +189,12 @@ def reassemble_split(inputs: list[str], output: str, *,
             stack.callback(part.source.close)
             parts.append(part)
         ordered = _check_set(parts)
-        fd, tmp = temp_file_for(output)
         try:
-            res = _write(ordered, FileSink(fd, output))
-            os.fsync(fd)
-            publish_file(tmp, output, overwrite)
-            fsync_dir(os.path.dirname(os.path.abspath(output)))
-        except OutOfSpace as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            with atomic_output(output, overwrite=overwrite) as fd:
+                res = _write(ordered, FileSink(fd, output))
+        except OutOfSpace as exc:     # the temporary file is gone: never a partial output
             raise KdlayoutError(f"no space left on the output device: {exc.strerror}",
                                 path=output) from None
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        finally:
-            os.close(fd)
     return res
 
 

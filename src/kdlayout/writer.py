@@ -852,6 +852,27 @@ def fsync_dir(directory: str) -> None:
             os.close(dfd)
 
 
+@contextlib.contextmanager
+def atomic_output(path: str, *, overwrite: bool = False) -> Iterator[int]:
+    """A mode-0600 temporary file next to ``path``, open for writing (its descriptor is
+    yielded); when the block ends without an error the file is synced and renamed to ``path``
+    (no clobbering unless ``overwrite``; see :func:`publish_file`), else removed. For outputs
+    that have no incomplete state worth keeping (the writer's own dump files do: it handles a
+    full device itself)."""
+    fd, tmp = temp_file_for(path)
+    try:
+        yield fd
+        os.fsync(fd)
+        publish_file(tmp, path, overwrite)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
 def write_dump_file(dump: PhysicalMemory, bm: PageBitmaps, path: str, opts: WriteOptions, *,
                     input_path: str | None = None,
                     progress: Callable[[int, int], None] | None = None,

@@ -9,7 +9,6 @@ renamed when complete; the input is never overwritten.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ from ..dumpfile import open_dump
 from ..errors import KdlayoutError
 from ..printk import PrintkLog, iter_makedumpfile, read_log
 from ..resolver import ResolveOptions, resolve
-from ..writer import check_outputs, fsync_dir, publish_file, temp_file_for
+from ..writer import atomic_output, check_outputs
 from .common import add_source_arguments, resolve_options
 
 
@@ -94,20 +93,10 @@ def write_file_atomically(path: str, pieces: Iterable[bytes], *, overwrite: bool
     ``overwrite`` (without it the name is taken with ``link()``, so a file that appeared meanwhile
     is not clobbered). Any error removes the temporary file. Returns the bytes written.
     """
-    fd, tmp = temp_file_for(path)
     size = 0
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            for piece in pieces:
-                f.write(piece)
-                size += len(piece)
-        os.fsync(fd)
-        publish_file(tmp, path, overwrite)
-        fsync_dir(os.path.dirname(os.path.abspath(path)))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        os.close(fd)
+    with atomic_output(path, overwrite=overwrite) as fd, \
+            os.fdopen(fd, "wb", closefd=False) as f:
+        for piece in pieces:
+            f.write(piece)
+            size += len(piece)
     return size
