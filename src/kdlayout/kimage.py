@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .errors import CorruptError, KdlayoutError, MissingDataError, NotInDumpError, UnsupportedError
-from .physmem import PhysicalMemory
+from .physmem import PhysicalMemory, release_mapping
 
 #: x86_64 ``__START_KERNEL_map``: the base of the kernel-image mapping.
 START_KERNEL_MAP = 0xFFFFFFFF80000000
@@ -308,22 +308,6 @@ class KernelImage:
     def __repr__(self) -> str:
         return (f"KernelImage({self.source!r}, phys_base={self.phys_base.value:#x} "
                 f"via {self.phys_base.method})")
-
-
-def release_mapping(mem: PhysicalMemory) -> None:
-    """Drop every page of ``mem``'s file mapping from the process (where ``mem`` reads a file
-    through a read-only mmap, as :class:`~kdlayout.elfcore.ElfCore` does): reads copy their
-    bytes out, but the pages they touched stay mapped and count in RSS. The page cache keeps
-    them; a later read maps them again. A no-op for dumps that are not read through a mapping."""
-    import contextlib
-
-    from .physmem import release_view
-
-    ranges = mem.ranges()
-    if not ranges:
-        return
-    with contextlib.suppress(KdlayoutError):
-        release_view(mem.view(ranges[0].start, 1), whole_mapping=True)
 
 
 _UTS_FIELD = 65  # __NEW_UTS_LEN + 1

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
-from .errors import NotInDumpError
+from .errors import KdlayoutError, NotInDumpError
 
 if TYPE_CHECKING:
     from .notes import Note
@@ -181,3 +181,19 @@ def release_view(pages: np.ndarray, *, whole_mapping: bool = False) -> None:
         lo, hi = -(-m_lo // mmap.PAGESIZE) * mmap.PAGESIZE, m_hi // mmap.PAGESIZE * mmap.PAGESIZE
     if hi > lo:
         _libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
+
+
+def release_mapping(mem: PhysicalMemory) -> None:
+    """Drop every page of ``mem``'s file mapping(s) from the process (where ``mem`` reads a file
+    through a read-only mmap, as :class:`~kdlayout.elfcore.ElfCore` does): the pages reads and
+    views touched stay mapped and count in RSS until then. The page cache keeps them; a later
+    read maps them again. A no-op for dumps that are not read through a mapping."""
+    # one view is enough: a mapped dump maps its whole file once (ElfCore); other readers'
+    # views own their memory (a compressed dump's may cost a page decompression), no more
+    for r in mem.ranges():
+        try:
+            v = mem.view(r.start, 1)
+        except KdlayoutError:
+            continue
+        release_view(v, whole_mapping=True)
+        return

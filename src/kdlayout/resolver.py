@@ -32,7 +32,7 @@ import cachetools
 from . import __version__, catalogue
 from .errors import KdlayoutError, MissingDataError
 from .layout import Fact, Layout, Resolution
-from .physmem import PhysicalMemory
+from .physmem import PhysicalMemory, release_mapping
 from .vmcoreinfo import VmcoreInfo
 
 PRECEDENCE: tuple[str, ...] = (
@@ -453,17 +453,11 @@ def resolve(dump: PhysicalMemory | None, options: ResolveOptions | None = None,
     _memory_cache[mem_key] = result
     del ctx, facts
     _release_heap()
-    _release_mapping(dump)
-    return result
-
-
-def _release_mapping(dump: PhysicalMemory | None) -> None:
-    """Unmap the dump file pages a cold resolve touched (kallsyms, BTF, the page tables: ~5-10
-    MiB of the kernel image), as the scanner does with its windows; the page cache keeps them."""
-    from .kimage import release_mapping
-
     if dump is not None:
+        # the dump file pages a cold resolve touched (kallsyms, BTF, page tables: ~5-10 MiB of
+        # the kernel image) leave the process, as the scanner's windows do
         release_mapping(dump)
+    return result
 
 
 def _release_heap() -> None:

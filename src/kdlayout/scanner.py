@@ -42,7 +42,7 @@ import numpy as np
 from .errors import KdlayoutError
 from .layout import Layout
 from .memmodel import MemMap, build_memmap
-from .physmem import PhysicalMemory, release_view
+from .physmem import PhysicalMemory, release_mapping, release_view
 from .semantics import (
     HugetlbMarker,
     PageTypeRule,
@@ -974,14 +974,9 @@ class Scanner:
         return int(reach.max()) if len(reach) and reach.max() > 0 else 0
 
     def release_mapping(self) -> None:
-        """Drop every page-table entry of the dump's file mapping that holds the memmap
-        (whatever neighbours of the windows' rows the kernel mapped too)."""
-        for c in self.mm.chunks:     # (a mapping already dropped costs a page-table walk)
-            try:
-                v = self.dump.view(c.paddr, min(c.nr_pages, 1) * self.psize)
-            except KdlayoutError:
-                continue
-            release_view(v, whole_mapping=True)
+        """Drop every page-table entry of the dump's file mapping (whatever neighbours of the
+        windows' rows the kernel mapped too)."""
+        release_mapping(self.dump)
 
     # --- valid pages and content
 
